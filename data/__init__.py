@@ -1,0 +1,1 @@
+"""Data side of DistinctAD: annotation readers, shard builder, streaming readers, SynthMAD."""

@@ -1,0 +1,271 @@
+"""``distinctad-shards``: build, verify and inspect WebDataset shards; generate SynthMAD.
+
+Examples::
+
+    distinctad-shards synth --out work/synthmad --movies 4 --ads-per-movie 48 --videos --features
+    distinctad-shards build --annotations work/synthmad/annotations.json --features work/synthmad/features.h5 \\
+        --kind window --split-file work/synthmad/splits.json --split-key TRAIN --split train --out work/shards/win
+    distinctad-shards build --annotations ../shared/data/madeval_anno.csv --bad-utf8 repair --kind window \\
+        --split eval --out work/shards/madeval-text
+    distinctad-shards verify work/shards/win
+    distinctad-shards inspect work/shards/win -n 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections import Counter
+from pathlib import Path
+
+from distinctad.data.logs import init_logger
+
+logger = logging.getLogger("distinctad.data.cli")
+
+
+def _parse_columns(items: list[str] | None) -> dict[str, str] | None:
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--columns expects KEY=COLUMN pairs, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _add_build(sub) -> None:
+    p = sub.add_parser("build", help="Build frames or window shards from annotations and features/videos.")
+    g = p.add_argument_group("inputs")
+    g.add_argument("--annotations", required=True, help="MAD annotation JSON or AutoAD-style CSV file.")
+    g.add_argument("--format", choices=["csv", "mad-json"], default=None,
+                   help="Annotation format; by default it is taken from the file suffix.")
+    g.add_argument("--columns", nargs="*", metavar="KEY=COLUMN", default=None,
+                   help="CSV column mapping, e.g. movie=movie_id sentence=text start=start_s end=end_s.")
+    g.add_argument("--bad-utf8", choices=["error", "repair", "drop"], default="error",
+                   help="What to do with invalid UTF-8 bytes: stop with the file:line, replace by U+FFFD, or drop the row.")
+    g.add_argument("--timestamp-field", choices=["timestamps", "ext_timestamps"], default="timestamps",
+                   help="MAD JSON: which timestamp field gives an AD's [start, end].")
+    g.add_argument("--features", default=None, help="MAD-layout HDF5 frame features (window shards with feats.npy).")
+    g.add_argument("--videos", default=None, help="Folder of {movie}.mp4/.mkv videos (frames shards).")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", required=True, help="Output folder for the shards, manifest.json and sizes.json.")
+    g.add_argument("--kind", choices=["frames", "window"], default="window",
+                   help="frames: T JPEG frames per AD (Stage-I); window: N consecutive ADs (Stage-II/eval).")
+    g.add_argument("--split", default="train", help="Split name: shard file prefix and the samples' split field.")
+    g.add_argument("--num-frames", type=int, default=8, help="T, frames per AD clip.")
+    g.add_argument("--window", type=int, default=16, help="N, ADs per window (stride N, last window short).")
+    g.add_argument("--context", type=int, default=3, help="K, previous ADs kept as text context of a window.")
+    g.add_argument("--maxcount", type=int, default=None, help="Samples per shard (default: from --shard-size-mb).")
+    g.add_argument("--shard-size-mb", type=float, default=1000.0, help="Target shard size when --maxcount is unset.")
+    g.add_argument("--short-side", type=int, default=224, help="Frames: resize the short side to this (0 = keep).")
+    g.add_argument("--jpeg-quality", type=int, default=90, help="Frames: JPEG quality.")
+    g.add_argument("--max-shift", type=int, default=0,
+                   help="Windows: deterministic per-AD frame jitter of 0..max-shift frames (AutoAD-II train uses 4).")
+    g.add_argument("--shift-seed", type=int, default=0, help="Windows: seed of the per-AD jitter.")
+    g = p.add_argument_group("curation (supplementary F)")
+    g.add_argument("--split-file", default=None, help="JSON split lists, e.g. ../shared/data/mad_split.json.")
+    g.add_argument("--split-key", default=None, help="Which list of --split-file to keep, e.g. EVAL or TRAIN.")
+    g.add_argument("--include", default=None, help="Keep only these movies: preset:NAME or a file of ids.")
+    g.add_argument("--exclude", action="append", default=[],
+                   help="Drop these movies: preset:mad-train (3 missing + 3 mismatched MAD-train movies) or a file.")
+    g.add_argument("--duration-ref", default=None,
+                   help="Reference durations: JSON {movie|ttID: minutes} or IMDb title.basics.tsv.")
+    g.add_argument("--duration-unit", choices=["minutes", "seconds"], default="minutes",
+                   help="Unit of the values in a JSON --duration-ref.")
+    g.add_argument("--imdb-map", default=None, help="movie -> IMDb id JSON (e.g. mad2imdb.json) for --duration-ref.")
+    g.add_argument("--duration-tolerance", type=float, default=60.0, help="Flag movies whose |Δ duration| exceeds this (s).")
+    g.add_argument("--drop-duration-mismatch", action="store_true", help="Drop flagged movies instead of only reporting.")
+    g = p.add_argument_group("run")
+    g.add_argument("--workers", type=int, default=0, help="Encoding processes (0 = in the main process).")
+    g.add_argument("--quick-hash", action="store_true",
+                   help="Hash large sources by size + first/last 16 MiB instead of reading them fully.")
+    g.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from distinctad.data.annotations import read_annotations
+    from distinctad.data.curation import curate, load_duration_reference, load_movie_list, load_split
+    from distinctad.data.features import FeatureReader
+    from distinctad.data.shards import BuildOptions, build_shards, source_record
+    from distinctad.data.video import find_video
+
+    if args.kind == "frames" and not args.videos:
+        raise ValueError("--kind frames needs --videos DIR")
+    if args.features and args.kind == "frames":
+        raise ValueError("--features is for --kind window; frames shards read pixels from --videos")
+    if (args.split_file is None) != (args.split_key is None):
+        raise ValueError("--split-file and --split-key go together")
+    opts = BuildOptions(kind=args.kind, split=args.split, num_frames=args.num_frames, window=args.window,
+                        context=args.context, maxcount=args.maxcount, shard_size_mb=args.shard_size_mb,
+                        short_side=args.short_side, jpeg_quality=args.jpeg_quality, max_shift=args.max_shift,
+                        shift_seed=args.shift_seed)
+    anns = read_annotations(args.annotations, fmt=args.format, columns=_parse_columns(args.columns),
+                            bad_utf8=args.bad_utf8, timestamp_field=args.timestamp_field)
+    by_movie = anns.by_movie()
+    sources = [source_record("annotations", args.annotations)]
+    pre_drops: dict[str, tuple[int, int]] = {}
+    bad = Counter(i.action for i in anns.issues)
+    if bad.get("dropped"):
+        pre_drops["bad row (dropped at read)"] = (0, bad["dropped"])
+    if bad.get("repaired"):
+        logger.info("%d rows had invalid UTF-8 repaired to U+FFFD (kept)", bad["repaired"])
+
+    include = None
+    if args.split_file:
+        include = load_split(args.split_file, args.split_key)
+        sources.append(source_record("split-file", args.split_file))
+    if args.include:
+        listed = load_movie_list(args.include)
+        include = listed if include is None else [m for m in include if m in set(listed)]
+    exclude: list[str] = []
+    for spec in args.exclude:
+        exclude += load_movie_list(spec)
+        if not spec.startswith("preset:"):
+            sources.append(source_record("exclude-list", spec))
+    features = FeatureReader(args.features) if args.features else None
+    reference = durations = None
+    if args.duration_ref:
+        reference = load_duration_reference(args.duration_ref, unit=args.duration_unit, imdb_map=args.imdb_map)
+        sources.append(source_record("duration-reference", args.duration_ref))
+        durations = {}
+        for movie, ads in by_movie.items():
+            d = ads[0].movie_duration
+            if d is None and features is not None and movie in features:
+                d = features.num_frames(movie) / features.fps
+            durations[movie] = d
+    report = curate(sorted(by_movie), include=include, exclude=exclude, durations=durations, reference=reference,
+                    drop_duration_mismatch=args.drop_duration_mismatch, tolerance_s=args.duration_tolerance)
+    for reason in sorted(set(report.dropped.values())):
+        ms = [m for m, r in report.dropped.items() if r == reason]
+        pre_drops[reason] = (len(ms), sum(len(by_movie[m]) for m in ms))
+    if args.features:
+        sources.append(source_record("features", args.features, quick=args.quick_hash))
+    if args.videos:
+        for movie in report.kept:
+            video = find_video(args.videos, movie)
+            if video is not None:
+                sources.append(source_record(f"video:{movie}", video, quick=args.quick_hash))
+    curation = {
+        "include": None if include is None else len(include),
+        "exclude": sorted(set(exclude)),
+        "dropped": report.dropped,
+        "duration_flags": {m: {"duration_s": d, "reference_s": r} for m, (d, r) in report.duration_flags.items()},
+        "missing_requested": report.missing_requested,
+        "annotation_issues": [list(i) for i in anns.issues],
+    }
+    result = build_shards(args.out, by_movie, opts, movies=report.kept, features_path=args.features,
+                          video_dir=args.videos, sources=sources, curation=curation, pre_drops=pre_drops,
+                          workers=args.workers, progress=not args.no_progress)
+    print(result.summary)
+    if report.duration_flags:
+        print(f"duration flags (|Δ| > {args.duration_tolerance:.0f} s): "
+              + ", ".join(f"{m} ({d / 60:.1f} vs {r / 60:.1f} min)" for m, (d, r) in report.duration_flags.items()))
+    totals = result.manifest["totals"]
+    print(f"built {len(result.built)} shard(s), skipped {len(result.skipped)} complete one(s); "
+          f"{totals['samples']} samples, {totals['bytes'] / 1e6:.1f} MB in {result.out_dir}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from distinctad.data.shards import verify_shards
+
+    report = verify_shards(args.dir, deep=args.deep)
+    for name in report.ok:
+        logger.debug("ok %s", name)
+    for name, problem in report.problems.items():
+        print(f"FAIL {name}: {problem}")
+    print(f"{len(report.ok)} shard(s) ok, {len(report.problems)} problem(s) in {args.dir}")
+    return 0 if report.passed else 1
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from distinctad.data.wds_pipeline import decode_sample, iter_tar_samples
+
+    path = Path(args.path)
+    if path.is_dir():
+        shards = sorted(path.glob("*.tar"))
+        if not shards:
+            raise ValueError(f"{path}: no .tar shards")
+        path = shards[0]
+    elif not path.is_file():
+        raise ValueError(f"{path}: no such shard or folder")
+    shown = 0
+    for raw in iter_tar_samples(str(path)):
+        sample = decode_sample(raw)
+        print(f"== {sample['__key__']} ({path.name})")
+        for k in sorted(sample):
+            if k.startswith("__"):
+                continue
+            v = sample[k]
+            if hasattr(v, "shape"):
+                extra = f" sum={int(v.sum())}" if v.dtype == bool else f" mean|x|={float(abs(v).mean()):.4f}"
+                print(f"  {k}: {v.dtype} {tuple(v.shape)}{extra}")
+            elif hasattr(v, "size") and hasattr(v, "mode"):
+                print(f"  {k}: JPEG {v.size[0]}x{v.size[1]} {v.mode}")
+            elif k == "json":
+                print(f"  json: {json.dumps(v, ensure_ascii=False)[:600]}")
+            else:
+                print(f"  {k}: {str(v)[:200]!r}")
+        shown += 1
+        if shown >= args.num:
+            break
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from distinctad.data.synthmad import write_synthmad
+
+    if not args.videos and not args.features:
+        raise ValueError("pass --videos and/or --features (what SynthMAD should render)")
+    meta = write_synthmad(args.out, movies=args.movies, ads_per_movie=args.ads_per_movie, seed=args.seed,
+                          videos=args.videos, features=args.features, feature_dim=args.feature_dim,
+                          video_size=args.video_size, eval_movies=args.eval_movies)
+    print(f"SynthMAD: {len(meta['movies'])} movies, {meta['ads']} ADs in {args.out} "
+          f"({', '.join(k for k in ('videos', 'features') if k in meta)})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distinctad-shards", description="DistinctAD shard builder.")
+    parser.add_argument("--log-level", default="INFO", help="Logging level (DEBUG, INFO, WARNING).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_build(sub)
+    p = sub.add_parser("verify", help="Re-hash shards against manifest.json; non-zero exit on any problem.")
+    p.add_argument("dir", help="Shard folder holding manifest.json.")
+    p.add_argument("--deep", action="store_true", help="Also read every tar member list.")
+    p = sub.add_parser("inspect", help="Print a few decoded samples of a shard (or the first shard of a folder).")
+    p.add_argument("path", help="A .tar shard or a shard folder.")
+    p.add_argument("-n", "--num", type=int, default=3, help="How many samples to print.")
+    p = sub.add_parser("synth", help="Generate a SynthMAD dataset (videos and/or features + MAD JSON + splits).")
+    p.add_argument("--out", required=True, help="Output folder.")
+    p.add_argument("--movies", type=int, default=4, help="Number of movies.")
+    p.add_argument("--ads-per-movie", type=int, default=48, help="ADs per movie.")
+    p.add_argument("--seed", type=int, default=0, help="Seed; the output is a deterministic function of it.")
+    p.add_argument("--videos", action="store_true", help="Render tiny mp4 videos (videos/{movie}.mp4).")
+    p.add_argument("--features", action="store_true", help="Write synthetic CLIP features (features.h5).")
+    p.add_argument("--feature-dim", type=int, default=512, help="Width D of the synthetic features.")
+    p.add_argument("--video-size", type=int, default=64, help="Video frame side in pixels.")
+    p.add_argument("--eval-movies", type=int, default=1, help="How many movies go to the EVAL split.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``distinctad-shards``; returns the exit code (verify: 1 when a shard is bad)."""
+    args = build_parser().parse_args(argv)
+    init_logger(args.log_level.upper())
+    commands = {"build": cmd_build, "verify": cmd_verify, "inspect": cmd_inspect, "synth": cmd_synth}
+    try:
+        code = commands[args.command](args)
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"error: {e}") from None
+    if code:
+        raise SystemExit(code)
+    return code
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

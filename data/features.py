@@ -1,0 +1,121 @@
+"""MAD CLIP frame features (HDF5, one dataset per movie id, (frames, D) at 5 fps) and clip frame sampling."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import h5py
+import numpy as np
+
+FEATURE_FPS = 5.0  # MAD features are extracted at 5 frames per second
+MAX_TRAIN_SHIFT = 4  # AutoAD-II jitters the sampled frames by up to 4 frames during training
+
+
+def clip_frame_range(start: float, end: float, num_frames: int, fps: float = FEATURE_FPS) -> tuple[int, int]:
+    """The feature frames ``[s, e)`` an AD covers: ``s = floor(start·fps)``, ``e = min(ceil(end·fps), frames)``.
+
+    ``e`` is raised to ``s + 1`` so that an AD shorter than one frame still gets its frame.
+    """
+    s = math.floor(start * fps)
+    e = min(math.ceil(end * fps), num_frames)
+    return s, max(e, s + 1)
+
+
+def sample_frame_indices(
+    start: float,
+    end: float,
+    num_frames: int,
+    t: int = 8,
+    *,
+    fps: float = FEATURE_FPS,
+    shift: int = 0,
+) -> np.ndarray:
+    """Indices of the ``t`` feature frames of an AD, sampled as AutoAD-II does.
+
+    ``linspace(s, e-1, t, endpoint=False)`` rounded down, plus an optional ``shift`` (the training jitter of
+    0-4 frames), clipped to the movie. Short ADs repeat frames rather than reading their neighbours.
+
+    Args:
+        start: AD start in seconds.
+        end: AD end in seconds.
+        num_frames: number of feature frames of the movie.
+        t: number of frames to sample.
+        fps: feature frame rate.
+        shift: frames added to every index (training jitter).
+
+    Returns:
+        int64 array (t,).
+
+    Raises:
+        ValueError: if the AD starts past the end of the features (the builder drops and counts those).
+    """
+    s, e = clip_frame_range(start, end, num_frames, fps)
+    if s >= num_frames:
+        raise ValueError(f"AD [{start:.3f}, {end:.3f}] s starts at frame {s}, past the {num_frames} feature frames")
+    idx = np.floor(np.linspace(s, e - 1, t, endpoint=False)).astype(np.int64) + shift
+    return np.clip(idx, 0, num_frames - 1)
+
+
+def ad_in_features(start: float, num_frames: int, fps: float = FEATURE_FPS) -> bool:
+    """Whether an AD starting at ``start`` has at least one feature frame."""
+    return math.floor(start * fps) < num_frames
+
+
+class FeatureReader:
+    """Lazy reader of a MAD-layout HDF5 feature file.
+
+    The file is opened on first use in each process, so a reader can be handed to multiprocessing workers
+    (h5py handles must not cross a fork).
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float = FEATURE_FPS):
+        self.path = str(path)
+        self.fps = fps
+        self._h5: h5py.File | None = None
+        self._pid: int | None = None
+        if not os.path.isfile(self.path):
+            raise ValueError(f"{self.path}: no such feature file")
+
+    def _file(self) -> h5py.File:
+        if self._h5 is None or self._pid != os.getpid():
+            self._h5 = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._h5
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "fps": self.fps, "_h5": None, "_pid": None}
+
+    def movies(self) -> list[str]:
+        """Movie ids present in the file."""
+        return sorted(self._file().keys())
+
+    def __contains__(self, movie: str) -> bool:
+        return movie in self._file()
+
+    def num_frames(self, movie: str) -> int:
+        """Number of feature frames of ``movie``."""
+        return int(self._file()[movie].shape[0])
+
+    def dim(self) -> int:
+        """Feature width D (the same for every movie)."""
+        f = self._file()
+        first = next(iter(f.keys()))
+        return int(f[first].shape[1])
+
+    def movie(self, movie: str) -> np.ndarray:
+        """All frames of ``movie`` as float32 (frames, D)."""
+        return np.asarray(self._file()[movie][()], dtype=np.float32)
+
+    def clip(self, movie: str, start: float, end: float, t: int = 8, shift: int = 0) -> np.ndarray:
+        """The ``t`` sampled frame features of one AD, float32 (t, D)."""
+        ds = self._file()[movie]
+        idx = sample_frame_indices(start, end, ds.shape[0], t, fps=self.fps, shift=shift)
+        # h5py fancy indexing needs increasing unique indices; read the span once and gather.
+        lo, hi = int(idx.min()), int(idx.max()) + 1
+        return np.asarray(ds[lo:hi], dtype=np.float32)[idx - lo]
+
+    def close(self) -> None:
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = None

@@ -1,0 +1,602 @@
+"""Shard builder: annotations + features/videos → WebDataset tars + ``manifest.json`` + ``sizes.json``.
+
+Design choices, and why:
+- **Deterministic plan.** Which samples go into which shard is a pure function of (movie list, annotations,
+  feature/video lengths, options): movies are taken in sorted order, their samples in AD order, and cut into
+  shards of ``maxcount`` samples. Tars are written with a fixed mtime/owner, so the same inputs give the same
+  bytes. This is what makes builds resumable: a shard whose file still has the sha256 recorded in the manifest
+  is skipped, and deleting one shard and re-running rebuilds exactly that one.
+- **Atomic shards.** Each shard is written to a temporary ``*.tmp`` sibling and renamed when complete, and the
+  manifest is rewritten (atomically) after every finished shard, so a crash never leaves a half shard that
+  looks finished.
+- **Parallel over movies.** Workers decode video / read features and JPEG-encode one movie chunk each; the main
+  process only appends ready bytes to the tar, in plan order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import multiprocessing as mp
+import os
+import tarfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+from tqdm import tqdm
+
+from distinctad.data.annotations import AD
+from distinctad.data.atomic import atomic_path, atomic_write_json
+from distinctad.data.features import FEATURE_FPS, FeatureReader, ad_in_features
+
+logger = logging.getLogger(__name__)
+
+BUILDER_VERSION = "1.0.0"
+KINDS = ("frames", "window")
+CHUNK_UNITS = 128  # samples per worker job: bounds the bytes a worker sends back at once
+QUICK_HASH_BYTES = 16 << 20
+
+
+@dataclass
+class BuildOptions:
+    """Options that define the content of a shard set (all of them go into the manifest and the plan hash)."""
+
+    kind: str = "window"
+    """``frames`` (Stage-I JPEG frames) or ``window`` (Stage-II feature windows, or text-only windows)."""
+    split: str = "train"
+    """Split name: shard file prefix and the ``split`` field of every sample."""
+    num_frames: int = 8
+    """T: frames per AD clip."""
+    window: int = 16
+    """N: ADs per window (stride N; the last window of a movie may be short)."""
+    context: int = 3
+    """K: previous ADs' sentences stored as text context of a window."""
+    maxcount: int | None = None
+    """Samples per shard; ``None`` derives it from ``shard_size_mb`` and the estimated sample size."""
+    shard_size_mb: float = 1000.0
+    """Target shard size when ``maxcount`` is not given."""
+    short_side: int = 224
+    """Frames: resize so the short side has this many pixels (0 keeps the video size)."""
+    jpeg_quality: int = 90
+    """Frames: JPEG quality."""
+    max_shift: int = 0
+    """Windows: training jitter, each AD's frames shifted by a deterministic 0..max_shift frames (AutoAD-II: 4)."""
+    shift_seed: int = 0
+    """Windows: seed of the per-AD shift."""
+    feature_fps: float = FEATURE_FPS
+    """Frame rate of the feature file."""
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.num_frames < 1 or self.window < 1 or self.context < 0:
+            raise ValueError("num_frames and window must be >= 1 and context >= 0")
+        if self.maxcount is not None and self.maxcount < 1:
+            raise ValueError("maxcount must be >= 1")
+        if "-" in self.split or "/" in self.split or not self.split:
+            raise ValueError(f"split name must be non-empty without '-' or '/', got {self.split!r}")
+
+
+def sample_key(movie: str, ad_index: int) -> str:
+    """``{movie}__{ad_index:06d}`` with dots in the movie id replaced (WebDataset splits names at the first dot)."""
+    return f"{movie.replace('.', '_')}__{ad_index:06d}"
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}.tar"
+
+
+def file_sha256(path: str | os.PathLike, quick: bool = False) -> str:
+    """sha256 of a file; ``quick`` hashes size + first and last 16 MiB (for multi-GB sources)."""
+    h = hashlib.sha256()
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        if quick and size > 2 * QUICK_HASH_BYTES:
+            h.update(str(size).encode())
+            h.update(f.read(QUICK_HASH_BYTES))
+            f.seek(size - QUICK_HASH_BYTES)
+            h.update(f.read(QUICK_HASH_BYTES))
+        else:
+            for block in iter(lambda: f.read(4 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def estimate_sample_bytes(opts: BuildOptions, feature_dim: int | None) -> int:
+    """Rough bytes per sample, to turn ``shard_size_mb`` into a deterministic ``maxcount``."""
+    if opts.kind == "window":
+        feats = opts.window * opts.num_frames * (feature_dim * 2 + 1) if feature_dim else 0
+        return feats + opts.window * 120 + 2048  # npy arrays + sentences/times + tar headers
+    side = opts.short_side or 224
+    return opts.num_frames * int(side * side * 16 / 9 * 0.25 + 512) + 2048  # q90 JPEG ≈ 2 bits/pixel, 16:9
+
+
+# ---------------------------------------------------------------- planning
+
+
+@dataclass
+class Unit:
+    """One sample to write: an AD (frames) or a window of ADs (window)."""
+
+    key: str
+    movie: str
+    ads: list[tuple[int, float, float, str]]  # (ad_index, start, end, sentence)
+    context: list[str] = field(default_factory=list)
+    window_index: int = 0
+
+
+@dataclass
+class Plan:
+    units: list[Unit]
+    shards: list[list[Unit]]
+    ad_drops: Counter  # reason -> ADs dropped during planning
+    movie_drops: dict[str, str]  # movie -> reason (no features / no video)
+    ads_per_movie: dict[str, int]  # ADs kept per movie
+    feature_dim: int | None
+
+
+def _window_units(movie: str, ads: list[AD], opts: BuildOptions) -> list[Unit]:
+    units = []
+    for w, lo in enumerate(range(0, len(ads), opts.window)):
+        chunk = ads[lo : lo + opts.window]
+        context = [a.sentence for a in ads[max(0, lo - opts.context) : lo]] if opts.context else []
+        units.append(
+            Unit(
+                key=sample_key(movie, chunk[0].ad_index),
+                movie=movie,
+                ads=[(a.ad_index, a.start, a.end, a.sentence) for a in chunk],
+                context=context,
+                window_index=w,
+            )
+        )
+    return units
+
+
+def make_plan(
+    by_movie: dict[str, list[AD]],
+    movies: list[str],
+    opts: BuildOptions,
+    *,
+    features: FeatureReader | None = None,
+    video_dir: str | os.PathLike | None = None,
+) -> Plan:
+    """Decide every sample and its shard, deterministically, without decoding anything heavy."""
+    from distinctad.data.video import find_video, video_duration
+
+    if opts.kind == "frames" and video_dir is None:
+        raise ValueError("frames shards need videos (--videos DIR)")
+    units: list[Unit] = []
+    ad_drops: Counter = Counter()
+    movie_drops: dict[str, str] = {}
+    ads_per_movie: dict[str, int] = {}
+    for movie in sorted(movies):
+        ads = by_movie[movie]
+        if opts.kind == "frames":
+            video = find_video(video_dir, movie)
+            if video is None:
+                movie_drops[movie] = "no video file"
+                ad_drops["no video file"] += len(ads)
+                continue
+            duration = video_duration(video)
+            kept = [a for a in ads if a.start < duration]
+            ad_drops["past end of video"] += len(ads) - len(kept)
+        elif features is not None:
+            if movie not in features:
+                movie_drops[movie] = "no features"
+                ad_drops["no features"] += len(ads)
+                continue
+            n = features.num_frames(movie)
+            kept = [a for a in ads if ad_in_features(a.start, n, opts.feature_fps)]
+            ad_drops["past end of features"] += len(ads) - len(kept)
+        else:
+            kept = list(ads)
+        if not kept:
+            movie_drops[movie] = "no ADs left"
+            continue
+        ads_per_movie[movie] = len(kept)
+        if opts.kind == "frames":
+            units.extend(Unit(sample_key(movie, a.ad_index), movie, [(a.ad_index, a.start, a.end, a.sentence)])
+                         for a in kept)
+        else:
+            units.extend(_window_units(movie, kept, opts))
+    feature_dim = features.dim() if features is not None else None
+    maxcount = opts.maxcount or max(1, int(opts.shard_size_mb * 1e6 // estimate_sample_bytes(opts, feature_dim)))
+    shards = [units[i : i + maxcount] for i in range(0, len(units), maxcount)]
+    return Plan(units, shards, ad_drops, movie_drops, ads_per_movie, feature_dim)
+
+
+# ---------------------------------------------------------------- sample encoding (runs in workers)
+
+_WORKER: dict = {}
+
+
+def _init_worker(features_path: str | None, video_dir: str | None, opts: dict) -> None:
+    _WORKER.clear()
+    _WORKER["features"] = FeatureReader(features_path) if features_path else None
+    _WORKER["video_dir"] = video_dir
+    _WORKER["opts"] = BuildOptions(**opts)
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _ad_shift(opts: BuildOptions, movie: str, ad_index: int) -> int:
+    if opts.max_shift <= 0:
+        return 0
+    digest = hashlib.sha256(f"{opts.shift_seed}|{movie}|{ad_index}".encode()).digest()
+    return digest[0] % (opts.max_shift + 1)
+
+
+def _encode_window(unit: Unit, opts: BuildOptions, features: FeatureReader | None) -> dict:
+    n = len(unit.ads)
+    meta = {
+        "movie": unit.movie,
+        "split": opts.split,
+        "window_index": unit.window_index,
+        "ad_index": [a[0] for a in unit.ads],
+        "sentence": [a[3] for a in unit.ads],
+        "start": [a[1] for a in unit.ads],
+        "end": [a[2] for a in unit.ads],
+        "context": unit.context,
+        "num_valid": n,
+    }
+    sample = {"__key__": unit.key, "json": json.dumps(meta, ensure_ascii=False).encode("utf-8")}
+    if features is not None:
+        feats = np.zeros((opts.window, opts.num_frames, features.dim()), np.float16)  # (N, T, D)
+        mask = np.zeros((opts.window, opts.num_frames), bool)  # (N, T)
+        for i, (ad_index, start, end, _) in enumerate(unit.ads):
+            shift = _ad_shift(opts, unit.movie, ad_index)
+            feats[i] = features.clip(unit.movie, start, end, opts.num_frames, shift=shift)
+            mask[i] = True
+        sample["feats.npy"] = _npy_bytes(feats)
+        sample["mask.npy"] = _npy_bytes(mask)
+    return sample
+
+
+def _encode_frames(unit: Unit, opts: BuildOptions, reader) -> dict:
+    from distinctad.data.video import encode_jpeg
+
+    ad_index, start, end, sentence = unit.ads[0]
+    images = reader.clip(start, end, opts.num_frames)
+    meta = {"movie": unit.movie, "ad_index": ad_index, "start": start, "end": end, "sentence": sentence,
+            "split": opts.split}
+    sample = {"__key__": unit.key, "json": json.dumps(meta, ensure_ascii=False).encode("utf-8"),
+              "txt": sentence.encode("utf-8")}
+    for i, img in enumerate(images):
+        sample[f"{i:02d}.jpg"] = encode_jpeg(img, opts.jpeg_quality)
+    return sample
+
+
+def _encode_job(job: tuple[int, list[Unit]]) -> tuple[int, list[dict], Counter, int]:
+    """Encode one chunk of one movie; clips that fail to decode are dropped and counted, never fatal."""
+    from distinctad.data.video import VideoClipReader, find_video
+
+    shard_index, units = job
+    opts: BuildOptions = _WORKER["opts"]
+    out, drops = [], Counter()
+    reader = None
+    try:
+        if opts.kind == "frames":
+            reader = VideoClipReader(find_video(_WORKER["video_dir"], units[0].movie), opts.short_side)
+        for unit in units:
+            try:
+                if opts.kind == "frames":
+                    out.append(_encode_frames(unit, opts, reader))
+                else:
+                    out.append(_encode_window(unit, opts, _WORKER["features"]))
+            except Exception as e:  # a broken clip must not kill a multi-hour build
+                logger.warning("%s: cannot encode sample (%s: %s); dropped", unit.key, type(e).__name__, e)
+                drops["decode error"] += len(unit.ads)
+    finally:
+        if reader is not None:
+            reader.close()
+    return shard_index, out, drops, len(units)
+
+
+# ---------------------------------------------------------------- building
+
+
+@dataclass
+class BuildResult:
+    out_dir: str
+    manifest: dict
+    built: list[str]
+    skipped: list[str]
+    summary: str
+
+
+def _jobs_for_shard(index: int, units: list[Unit]) -> list[tuple[int, list[Unit]]]:
+    jobs, current = [], []
+    for unit in units:
+        if current and (unit.movie != current[0].movie or len(current) >= CHUNK_UNITS):
+            jobs.append((index, current))
+            current = []
+        current.append(unit)
+    if current:
+        jobs.append((index, current))
+    return jobs
+
+
+def _plan_hash(opts: BuildOptions, sources: list[dict], plan: Plan) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"version": BUILDER_VERSION, "options": asdict(opts), "sources": [s["sha256"] for s in sources]},
+                        sort_keys=True).encode())
+    for shard in plan.shards:
+        h.update(b"|" + "\n".join(u.key for u in shard).encode())
+    return h.hexdigest()
+
+
+def _load_manifest(out: Path) -> dict | None:
+    try:
+        return json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _summary_table(stats: dict) -> str:
+    rows = [("movies read", stats["movies_read"], stats["ads_read"]),
+            ("kept (written)", stats["movies_kept"], stats["ads_kept"])]
+    for reason, (movies, ads) in sorted(stats["dropped"].items()):
+        rows.append((f"dropped: {reason}", movies, ads))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'':<{width}}  {'movies':>8}  {'ADs':>9}", "-" * (width + 21)]
+    lines += [f"{name:<{width}}  {m:>8}  {a:>9}" for name, m, a in rows]
+    lines.append(f"{'samples / shards':<{width}}  {stats['samples']:>8}  {stats['shards']:>9}")
+    return "\n".join(lines)
+
+
+def build_shards(
+    out_dir: str | os.PathLike,
+    by_movie: dict[str, list[AD]],
+    opts: BuildOptions,
+    *,
+    movies: list[str] | None = None,
+    features_path: str | os.PathLike | None = None,
+    video_dir: str | os.PathLike | None = None,
+    sources: list[dict] | None = None,
+    curation: dict | None = None,
+    pre_drops: dict[str, tuple[int, int]] | None = None,
+    workers: int = 0,
+    progress: bool = True,
+) -> BuildResult:
+    """Build (or resume) one shard set.
+
+    Args:
+        out_dir: output folder for ``{split}-{i:06d}.tar``, ``manifest.json`` and ``sizes.json``.
+        by_movie: annotations grouped by movie (``AnnotationSet.by_movie()``).
+        opts: the content options.
+        movies: the curated movie list (default: all of ``by_movie``).
+        features_path: MAD-layout HDF5 features (window shards with ``feats.npy``); ``None`` = text-only windows.
+        video_dir: folder of ``{movie}.mp4`` files (frames shards).
+        sources: ``[{"role", "path", "bytes", "sha256"}]`` of the inputs, recorded in the manifest.
+        curation: curation report to record in the manifest.
+        pre_drops: ``{reason: (movies, ADs)}`` dropped before this call (curation, bad UTF-8), for the summary.
+        workers: encoding processes (0 = in this process).
+        progress: show a tqdm bar.
+
+    Returns:
+        A :class:`BuildResult` with the manifest, the shards built and skipped, and the printed summary table.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    movies = sorted(by_movie) if movies is None else sorted(movies)
+    features = FeatureReader(features_path) if features_path else None
+    plan = make_plan(by_movie, movies, opts, features=features, video_dir=video_dir)
+    sources = list(sources or [])
+    plan_hash = _plan_hash(opts, sources, plan)
+
+    old = _load_manifest(out)
+    old_shards: dict[str, dict] = {}
+    if old is not None:
+        if old.get("plan_hash") == plan_hash:
+            old_shards = {s["file"]: s for s in old.get("shards", [])}
+        else:
+            logger.warning("%s: existing manifest was built from other inputs/options; rebuilding every shard", out)
+
+    for stale in out.glob(f".{opts.split}-*.tar.*.tmp"):  # left by a killed build; never a finished shard
+        stale.unlink()
+    names = [shard_name(opts.split, i) for i in range(len(plan.shards))]
+    todo, skipped = [], []
+    for i, name in enumerate(names):
+        rec = old_shards.get(name)
+        path = out / name
+        if rec is not None and path.is_file() and path.stat().st_size == rec["bytes"] and file_sha256(path) == rec["sha256"]:
+            skipped.append(name)
+        else:
+            todo.append(i)
+    if skipped:
+        logger.info("%d/%d shards already complete (sha256 matches the manifest); skipping them", len(skipped), len(names))
+
+    shard_records: dict[str, dict] = {n: old_shards[n] for n in skipped}
+    manifest = {
+        "builder_version": BUILDER_VERSION,
+        "kind": opts.kind,
+        "split": opts.split,
+        "options": asdict(opts),
+        "feature_dim": plan.feature_dim,
+        "text_only": opts.kind == "window" and features is None,
+        "sources": sources,
+        "plan_hash": plan_hash,
+        "movies": sorted(plan.ads_per_movie),
+        "curation": curation or {},
+        "complete": False,
+    }
+
+    def write_manifest(complete: bool) -> None:
+        shards = [shard_records[n] for n in names if n in shard_records]
+        manifest["shards"] = shards
+        manifest["complete"] = complete
+        manifest["totals"] = {
+            "shards": len(shards),
+            "samples": sum(s["samples"] for s in shards),
+            "bytes": sum(s["bytes"] for s in shards),
+            "movies": len({m for s in shards for m in s["movies"]}),
+            "ads": sum(s["ads"] for s in shards),
+        }
+        atomic_write_json(out / "manifest.json", manifest)
+
+    jobs = [job for i in todo for job in _jobs_for_shard(i, plan.shards[i])]
+    remaining = Counter(i for i, _ in jobs)
+    init_args = (str(features_path) if features_path else None, str(video_dir) if video_dir else None, asdict(opts))
+    pool = None
+    if workers > 0 and jobs:
+        pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=init_args)
+        results = pool.imap(_encode_job, jobs)
+    else:
+        _init_worker(*init_args)
+        results = map(_encode_job, jobs)
+
+    built: list[str] = []
+    writer = tmp_ctx = tmp = None
+    current = None
+    shard_stats: dict = {}
+    bar = tqdm(total=sum(len(u) for _, u in jobs), unit="sample", desc=f"{opts.split} shards", disable=not progress)
+    try:
+        for index, samples, drops, n_units in results:
+            if index != current:
+                current = index
+                tmp_ctx = atomic_path(out / names[index])
+                tmp = tmp_ctx.__enter__()
+                # Fixed mtime/owner: identical inputs give byte-identical shards (needed for resumable builds).
+                writer = wds.TarWriter(str(tmp), encoder=False, mtime=0, user="distinctad", group="distinctad")
+                shard_stats = {"samples": 0, "ads": 0, "movies": [], "dropped": Counter()}
+            for sample in samples:
+                writer.write(sample)
+                meta = json.loads(sample["json"])
+                shard_stats["ads"] += len(meta["sentence"]) if opts.kind == "window" else 1
+                if meta["movie"] not in shard_stats["movies"]:
+                    shard_stats["movies"].append(meta["movie"])
+            shard_stats["samples"] += len(samples)
+            shard_stats["dropped"].update(drops)
+            bar.update(n_units)
+            remaining[index] -= 1
+            if remaining[index] == 0:
+                writer.close()
+                writer = None
+                sha = file_sha256(tmp)
+                size = tmp.stat().st_size
+                tmp_ctx.__exit__(None, None, None)  # fsync + rename *.tmp onto the shard name
+                os.chmod(out / names[index], 0o644)
+                tmp_ctx = None
+                shard_records[names[index]] = {
+                    "file": names[index], "samples": shard_stats["samples"], "bytes": size, "sha256": sha,
+                    "movies": shard_stats["movies"], "ads": shard_stats["ads"],
+                    "dropped": dict(shard_stats["dropped"]),
+                }
+                built.append(names[index])
+                write_manifest(complete=False)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+        if tmp_ctx is not None:  # interrupted mid-shard: remove the partial *.tmp, keep finished shards
+            tmp_ctx.__exit__(RuntimeError, RuntimeError("interrupted"), None)
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+    # Totals and the summary are computed from the manifest records, so a resumed build reports the same.
+    decode_drops = Counter()
+    for rec in shard_records.values():
+        decode_drops.update(rec.get("dropped", {}))
+    dropped: dict[str, tuple[int, int]] = dict(pre_drops or {})
+    movie_reason_counts = Counter(plan.movie_drops.values())
+    for reason, ads in plan.ad_drops.items():
+        if ads:
+            m, a = dropped.get(reason, (0, 0))
+            dropped[reason] = (m + movie_reason_counts.get(reason, 0), a + ads)
+    for reason, ads in decode_drops.items():
+        m, a = dropped.get(reason, (0, 0))
+        dropped[reason] = (m, a + ads)
+    n_pre_movies = sum(m for m, _ in (pre_drops or {}).values())
+    n_pre_ads = sum(a for _, a in (pre_drops or {}).values())
+    stats = {
+        "movies_read": len(movies) + n_pre_movies,
+        "ads_read": sum(len(by_movie[m]) for m in movies) + n_pre_ads,
+        "movies_kept": len({m for r in shard_records.values() for m in r["movies"]}),
+        "ads_kept": sum(r["ads"] for r in shard_records.values()),
+        "dropped": {k: list(v) for k, v in dropped.items()},
+        "samples": sum(r["samples"] for r in shard_records.values()),
+        "shards": len(shard_records),
+    }
+    manifest["stats"] = stats
+    write_manifest(complete=True)
+    atomic_write_json(out / "sizes.json", {n: shard_records[n]["samples"] for n in names})
+    summary = _summary_table(stats)
+    return BuildResult(str(out), manifest, built, skipped, summary)
+
+
+# ---------------------------------------------------------------- verify
+
+
+@dataclass
+class VerifyReport:
+    ok: list[str] = field(default_factory=list)
+    problems: dict[str, str] = field(default_factory=dict)  # shard (or manifest) -> problem
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+def verify_shards(out_dir: str | os.PathLike, *, deep: bool = False) -> VerifyReport:
+    """Re-hash every shard against ``manifest.json``: missing, truncated, corrupt shards are named.
+
+    Args:
+        out_dir: the shard folder.
+        deep: also walk every tar member (catches a manifest rewritten to match a broken tar).
+    """
+    out = Path(out_dir)
+    report = VerifyReport()
+    manifest = _load_manifest(out)
+    if manifest is None:
+        report.problems["manifest.json"] = "missing or not valid JSON"
+        return report
+    if not manifest.get("complete", False):
+        report.problems["manifest.json"] = "build incomplete (re-run build to resume)"
+    for rec in manifest.get("shards", []):
+        path = out / rec["file"]
+        if not path.is_file():
+            report.problems[rec["file"]] = "missing"
+            continue
+        size = path.stat().st_size
+        if size < rec["bytes"]:
+            report.problems[rec["file"]] = f"truncated ({size} of {rec['bytes']} bytes)"
+            continue
+        if size != rec["bytes"]:
+            report.problems[rec["file"]] = f"size mismatch ({size} bytes, manifest says {rec['bytes']})"
+            continue
+        if file_sha256(path) != rec["sha256"]:
+            report.problems[rec["file"]] = "corrupt (sha256 mismatch)"
+            continue
+        if deep:
+            try:
+                with tarfile.open(path) as tf:
+                    n = len({m.name.split(".", 1)[0] for m in tf.getmembers()})
+                if n != rec["samples"]:
+                    report.problems[rec["file"]] = f"holds {n} samples, manifest says {rec['samples']}"
+                    continue
+            except tarfile.TarError as e:
+                report.problems[rec["file"]] = f"unreadable tar ({e})"
+                continue
+        report.ok.append(rec["file"])
+    listed = {rec["file"] for rec in manifest.get("shards", [])}
+    for path in sorted(out.glob("*.tar")):
+        if path.name not in listed:
+            report.problems[path.name] = "not in manifest"
+    return report
+
+
+def source_record(role: str, path: str | os.PathLike, quick: bool = False) -> dict:
+    """A manifest ``sources`` entry for one input file."""
+    return {"role": role, "path": str(path), "bytes": os.path.getsize(path),
+            "sha256": file_sha256(path, quick=quick), "hash": "quick" if quick else "full"}
+

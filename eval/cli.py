@@ -1,0 +1,159 @@
+"""``distinctad-eval``: score a predictions JSONL against ground truth and write a report.
+
+Example:
+    distinctad-eval --pred runs/c3/predictions.jsonl --gt ../shared/data/madeval_anno.csv --out runs/c3/report
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from distinctad.data.logs import init_logger
+from distinctad.eval.captions import CAPTION_METRICS
+from distinctad.eval.errors import EvalEnvironmentError, EvalInputError
+from distinctad.eval.harness import evaluate, log_to_mlflow, to_markdown, write_report
+from distinctad.eval.inputs import DEFAULT_TIME_TOLERANCE, read_predictions, read_references
+from distinctad.eval.normalize import Normalizer
+from distinctad.eval.similarity import BACKENDS
+
+logger = logging.getLogger(__name__)
+
+
+def _columns(text: str) -> dict[str, str]:
+    out = {}
+    for part in filter(None, text.split(",")):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise argparse.ArgumentTypeError(f"expected key=value pairs like movie=film,sentence=text, got {part!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _metrics(text: str) -> list[str]:
+    names = [m.strip().lower() for m in text.split(",") if m.strip() and m.strip().lower() != "none"]
+    bad = [m for m in names if m not in CAPTION_METRICS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown metric(s) {bad}; choose from {','.join(CAPTION_METRICS)} or none")
+    return names
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="distinctad-eval",
+        description="Score predicted ADs (JSONL) against ground truth: BLEU, METEOR, ROUGE-L, CIDEr, SPICE and "
+        "Recall@k/N, overall and per movie.",
+    )
+    p.add_argument("--pred", required=True, help="Predictions JSONL: one {movie, ad_index | start+end, text} a line.")
+    p.add_argument(
+        "--gt", required=True,
+        help="Ground truth: an annotation CSV / MAD JSON, or window shards (a directory, a glob or one .tar).",
+    )
+    p.add_argument("--out", default=None, help="Report prefix: writes PREFIX.json and PREFIX.md (default: print only).")
+    p.add_argument(
+        "--allow-missing", action="store_true",
+        help="Score what matches instead of failing on missing, duplicate, unknown or empty predictions.",
+    )
+    p.add_argument(
+        "--metrics", type=_metrics, default=list(CAPTION_METRICS),
+        help="Comma-separated caption metrics among bleu,meteor,rouge,cider,spice, or none (default: all; SPICE "
+        "is skipped with a notice when its Stanford models are absent).",
+    )
+    p.add_argument("--recall-k", type=int, nargs="+", default=[5], help="k for Recall@k/N; several allowed.")
+    p.add_argument("--recall-n", type=int, default=16, help="N, the number of consecutive ADs per window.")
+    p.add_argument("--recall-stride", type=int, default=None, help="Window stride (default: N/2, as AutoAD-II).")
+    p.add_argument("--no-recall", action="store_true", help="Skip Recall@k/N.")
+    p.add_argument("--backend", choices=BACKENDS, default="lexical", help="Similarity backend for Recall@k/N.")
+    p.add_argument(
+        "--backend-model", default=None,
+        help="Local model directory for the embedding backend (an HF encoder) or bertscore (roberta-large).",
+    )
+    p.add_argument("--device", default=None, help="Torch device for model backends (default: cpu / bert-score's).")
+    p.add_argument(
+        "--time-tolerance", type=float, default=DEFAULT_TIME_TOLERANCE,
+        help="Seconds within which a prediction's start/end must match a GT AD (for predictions without ad_index).",
+    )
+    p.add_argument(
+        "--gt-format", choices=["csv", "mad-json", "shards"], default=None,
+        help="Ground-truth format (default: from the path).",
+    )
+    p.add_argument(
+        "--gt-columns", type=_columns, default=None,
+        help="CSV column mapping, e.g. movie=film,sentence=text,start=t0,end=t1.",
+    )
+    p.add_argument(
+        "--bad-utf8", choices=["error", "repair", "drop"], default="repair",
+        help="Invalid UTF-8 bytes in the annotation file: fail, replace by U+FFFD (logged), or drop the row.",
+    )
+    p.add_argument(
+        "--timestamp-field", choices=["timestamps", "ext_timestamps"], default="timestamps",
+        help="MAD JSON field holding [start, end].",
+    )
+    p.add_argument(
+        "--replace-names", default=None,
+        help="Replace these character names by 'someone' in predictions and GT: a file (one a line, or JSON) or "
+        "a comma-separated list.",
+    )
+    p.add_argument("--lowercase", action="store_true", help="Lower-case predictions and GT before scoring.")
+    p.add_argument("--strip-punct", action="store_true", help="Remove punctuation from predictions and GT.")
+    p.add_argument("--mlflow-experiment", default=None, help="Log metrics and the report to this MLflow experiment.")
+    p.add_argument("--mlflow-run-name", default=None, help="MLflow run name (default: the predictions file name).")
+    p.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
+    p.add_argument("--log-level", default="INFO", help="Logging level.")
+    args = p.parse_args(argv)
+    if args.recall_n < 1 or any(k < 1 or k > args.recall_n for k in args.recall_k):
+        p.error(f"--recall-k must lie in [1, --recall-n={args.recall_n}], got {args.recall_k}")
+    if args.recall_stride is not None and args.recall_stride < 1:
+        p.error("--recall-stride must be >= 1")
+    if args.time_tolerance < 0:
+        p.error("--time-tolerance must be >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the evaluation; returns the result dict (also written/printed)."""
+    args = parse_args(argv)
+    init_logger(args.log_level.upper())
+    progress = False if args.no_progress else None
+    try:
+        normalizer = Normalizer.from_options(args.replace_names, args.lowercase, args.strip_punct)
+        preds = read_predictions(args.pred)
+        refs = read_references(
+            args.gt, fmt=args.gt_format, columns=args.gt_columns, bad_utf8=args.bad_utf8,
+            timestamp_field=args.timestamp_field,
+        )
+        logger.info("%d predictions, %d ground-truth ADs", len(preds), len(refs))
+        result = evaluate(
+            preds, refs,
+            metrics=args.metrics,
+            recall_k=None if args.no_recall else args.recall_k,
+            recall_n=args.recall_n,
+            recall_stride=args.recall_stride,
+            backend=args.backend,
+            backend_model=args.backend_model,
+            device=args.device,
+            allow_missing=args.allow_missing,
+            normalize=normalizer,
+            time_tolerance=args.time_tolerance,
+            progress=progress,
+        )
+    except (EvalInputError, EvalEnvironmentError, OSError) as e:
+        raise SystemExit(f"error: {e}") from None
+    result["meta"]["inputs"] = {"pred": os.path.abspath(args.pred), "gt": os.path.abspath(args.gt)}
+    paths: tuple[str, ...] = ()
+    if args.out:
+        paths = write_report(result, args.out)
+        logger.info("wrote %s", " and ".join(paths))
+    sys.stdout.write(to_markdown(result))
+    if args.mlflow_experiment:
+        params = {k: v for k, v in vars(args).items() if k not in ("mlflow_experiment", "log_level", "no_progress")}
+        run_name = args.mlflow_run_name or os.path.splitext(os.path.basename(args.pred))[0]
+        run_id = log_to_mlflow(result, args.mlflow_experiment, run_name=run_name, params=params, artifacts=paths)
+        logger.info("logged to MLflow experiment %r, run %s", args.mlflow_experiment, run_id)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,275 @@
+"""``evaluate()``: predictions + ground truth -> one flat metric dict; ``write_report()``: JSON + Markdown.
+
+This is the library API the training job calls after generation and the engine behind ``distinctad-eval``.
+It never imports ``distinctad.train``: it scores any system's predictions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from distinctad.eval.captions import CAPTION_METRICS, METRIC_NAMES, caption_metrics
+from distinctad.eval.errors import EvalInputError
+from distinctad.eval.inputs import (
+    DEFAULT_TIME_TOLERANCE,
+    Prediction,
+    as_references,
+    match,
+    parse_prediction,
+)
+from distinctad.eval.normalize import Normalizer
+from distinctad.eval.recall import TIE_RULE, default_stride, recall_at_k
+from distinctad.eval.similarity import SimilarityBackend, build_backend
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_METRICS = ("bleu", "meteor", "rouge", "cider")
+
+
+def recall_name(k: int, n: int) -> str:
+    """The metric key, e.g. ``"R@5/16"``."""
+    return f"R@{k}/{n}"
+
+
+def evaluate(
+    predictions: Iterable[dict | Prediction],
+    references: Iterable[Any],
+    *,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    recall_k: int | Sequence[int] | None = 5,
+    recall_n: int = 16,
+    recall_stride: int | None = None,
+    backend: str | SimilarityBackend = "lexical",
+    backend_model: str | None = None,
+    device: str | None = None,
+    allow_missing: bool = False,
+    normalize: Normalizer | Callable[[str], str] | None = None,
+    time_tolerance: float = DEFAULT_TIME_TOLERANCE,
+    progress: bool | None = None,
+) -> dict:
+    """Score predicted ADs against ground truth.
+
+    Args:
+        predictions: dicts ``{"movie", "ad_index" | "start"+"end", "text"}`` (or parsed :class:`Prediction` s).
+        references: ``distinctad.data.annotations.AD`` records or dicts with ``movie``, ``sentence`` and
+            ``ad_index`` (or ``start``/``end``).
+        metrics: caption metrics among ``bleu``, ``meteor``, ``rouge``, ``cider``, ``spice`` (SPICE is skipped
+            with a notice when its Stanford models are absent).
+        recall_k: k for Recall@k/N, several k, or ``None`` to skip Recall@k/N.
+        recall_n: N, ADs per window.
+        recall_stride: window stride; ``None`` = N/2.
+        backend: similarity backend for Recall@k/N: a name (``lexical``, ``embedding``, ``bertscore``) or an
+            object with ``name``, ``prepare(texts)`` and ``similarity(preds, refs)``.
+        backend_model: model directory for the ``embedding`` / ``bertscore`` backends.
+        device: torch device for model backends.
+        allow_missing: score what matches instead of failing on missing, duplicate, unknown or empty predictions
+            (duplicates and unknowns are dropped, missing ADs left out, empty ones scored as empty text).
+        normalize: applied to predictions and references before scoring (e.g. a :class:`Normalizer`).
+        time_tolerance: seconds, for predictions keyed by start/end.
+        progress: tqdm bars (``None``: only on a terminal).
+
+    Returns:
+        A flat dict: ``"BLEU-1"`` .. ``"BLEU-4"``, ``"METEOR"``, ``"ROUGE-L"``, ``"CIDEr"``, ``"SPICE"`` (when run),
+        ``"R@k/N"`` (mean over windows) and ``"R@k/N movie-mean"``, all ×100; ``"per_movie"``: movie -> the
+        same keys plus ``"ADs"`` and ``"windows"``; ``"meta"``: counts, matching summary, backend, notices and
+        timings.
+
+    Raises:
+        EvalInputError: bad input, or matching problems when ``allow_missing`` is False.
+        EvalEnvironmentError: Java or a backend's package/model is missing.
+    """
+    t_start = time.perf_counter()
+    metrics = tuple(dict.fromkeys(m.lower() for m in metrics))
+    unknown = set(metrics) - set(CAPTION_METRICS)
+    if unknown:
+        raise EvalInputError(f"unknown metric(s) {sorted(unknown)}; choose from {', '.join(CAPTION_METRICS)}")
+    ks = () if recall_k is None else ((recall_k,) if isinstance(recall_k, int) else tuple(recall_k))
+    if any(k < 1 for k in ks) or recall_n < 1 or (ks and max(ks) > recall_n):
+        raise EvalInputError(f"Recall@k/N needs 1 <= k <= N, got k={list(ks)} N={recall_n}")
+    stride = default_stride(recall_n) if recall_stride is None else recall_stride
+    if stride < 1:
+        raise EvalInputError(f"recall stride must be >= 1, got {stride}")
+    # Build the backend before the slow metrics so a missing model fails in a second, not after METEOR.
+    sim_backend = backend
+    if ks and isinstance(backend, str):
+        sim_backend = build_backend(backend, model=backend_model, device=device)
+
+    preds = [p if isinstance(p, Prediction) else parse_prediction(p, f"predictions[{i}]")
+             for i, p in enumerate(predictions)]
+    refs = as_references(references)
+    matched = match(preds, refs, time_tolerance=time_tolerance)
+    problems = matched.problems()
+    if problems and not allow_missing:
+        raise EvalInputError(
+            "predictions do not match the ground truth: " + " | ".join(problems)
+            + " (fix the predictions, or pass --allow-missing / allow_missing=True)"
+        )
+    for line in problems:
+        logger.warning("allowed: %s", line)
+    if not matched.pairs:
+        raise EvalInputError("no prediction matches a ground-truth AD")
+
+    norm = normalize or (lambda s: s)
+    hyps = [norm(p.prediction) for p in matched.pairs]
+    gts = [norm(p.reference) for p in matched.pairs]
+    movies = [p.movie for p in matched.pairs]
+    result: dict[str, Any] = {}
+    per_movie: dict[str, dict[str, Any]] = defaultdict(dict)
+    for m in movies:
+        per_movie[m]["ADs"] = per_movie[m].get("ADs", 0) + 1
+    timings: dict[str, float] = {}
+    notices: list[str] = []
+
+    if metrics:
+        overall, groups, t, n = caption_metrics(gts, hyps, metrics, groups=movies, progress=progress)
+        result.update(overall)
+        for m, scores in groups.items():
+            per_movie[m].update(scores)
+        timings.update(t)
+        notices.extend(n)
+
+    backend_name, recall_meta = None, None
+    if ks:
+        t0 = time.perf_counter()
+        by_movie: dict[str, tuple[list[str], list[str]]] = {}
+        for m, h, g in zip(movies, hyps, gts):
+            by_movie.setdefault(m, ([], []))
+            by_movie[m][0].append(h)
+            by_movie[m][1].append(g)
+        rec = recall_at_k(by_movie, sim_backend, ks=ks, window=recall_n, stride=stride, progress=progress)
+        backend_name = sim_backend.name
+        for k in ks:
+            name = recall_name(k, recall_n)
+            result[name] = _pct(rec.mean_over_windows[k])
+            result[f"{name} movie-mean"] = _pct(rec.mean_over_movies[k])
+            for m, entry in rec.per_movie.items():
+                per_movie[m][name] = _pct(entry[k])
+        for m, entry in rec.per_movie.items():
+            per_movie[m]["windows"] = entry["windows"]
+        if rec.num_windows == 0:
+            notices.append(f"R@k/{recall_n}: no movie has {recall_n} matched ADs, so there is no window to score")
+        timings["recall"] = time.perf_counter() - t0
+        recall_meta = {"N": recall_n, "stride": stride, "ks": list(ks), "windows": rec.num_windows,
+                       "tie_rule": TIE_RULE}
+    timings["total"] = time.perf_counter() - t_start
+    for line in notices:
+        logger.info("%s", line)
+
+    result["per_movie"] = {m: per_movie[m] for m in sorted(per_movie)}
+    result["meta"] = {
+        "num_ads": len(matched.pairs),
+        "num_movies": len(per_movie),
+        "metrics": list(metrics),
+        "backend": backend_name,
+        "recall": recall_meta,
+        "matching": matched.summary(),
+        "normalization": normalize.describe() if isinstance(normalize, Normalizer) else (
+            None if normalize is None else repr(normalize)),
+        "notices": notices,
+        "timings_s": timings,
+    }
+    return result
+
+
+def _pct(x: float | None) -> float | None:
+    return None if x is None else 100.0 * x
+
+
+def metric_columns(result: dict) -> list[str]:
+    """The metric keys of a result, in report order."""
+    names = [n for m in CAPTION_METRICS for n in METRIC_NAMES[m] if n in result]
+    return names + sorted(k for k in result if k.startswith("R@"))
+
+
+def _fmt(x: Any) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.2f}" if isinstance(x, float) else str(x)
+
+
+def to_markdown(result: dict, title: str = "DistinctAD evaluation") -> str:
+    """A Markdown report: overall table, per-movie table, notes."""
+    meta = result.get("meta", {})
+    cols = metric_columns(result)
+    lines = [f"# {title}", ""]
+    lines.append(f"{meta.get('num_ads', '?')} ADs over {meta.get('num_movies', '?')} movies. Scores ×100.")
+    if meta.get("recall"):
+        r = meta["recall"]
+        lines.append(
+            f"R@k/N: windows of N={r['N']} consecutive ADs, stride {r['stride']}, {r['windows']} windows; "
+            f"similarity backend: {meta.get('backend')}; {r['tie_rule']}. "
+            "`movie-mean` is the unweighted mean over movies."
+        )
+    lines += ["", "| Metric | Score |", "|---|---:|"]
+    lines += [f"| {c} | {_fmt(result[c])} |" for c in cols]
+    movie_cols = [c for c in cols if not c.endswith("movie-mean")]
+    per_movie = result.get("per_movie", {})
+    if per_movie:
+        extra = ["ADs"] + (["windows"] if meta.get("recall") else [])
+        lines += ["", "## Per movie", ""]
+        lines.append("| Movie | " + " | ".join(extra + movie_cols) + " |")
+        lines.append("|---|" + "---:|" * (len(extra) + len(movie_cols)))
+        for movie, scores in per_movie.items():
+            cells = [_fmt(scores.get(c)) for c in extra + movie_cols]
+            lines.append(f"| {movie} | " + " | ".join(cells) + " |")
+    notes = list(meta.get("notices", [])) + list(meta.get("matching", {}).get("problems", []))
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(result: dict, prefix: str | os.PathLike) -> tuple[str, str]:
+    """Write ``prefix.json`` and ``prefix.md`` atomically; returns both paths."""
+    from distinctad.data.atomic import atomic_write_json, atomic_write_text
+
+    prefix = str(prefix)
+    json_path, md_path = prefix + ".json", prefix + ".md"
+    atomic_write_json(json_path, result)
+    atomic_write_text(md_path, to_markdown(result))
+    return json_path, md_path
+
+
+def mlflow_metric_name(name: str) -> str:
+    """MLflow keys allow letters, digits, ``_-. /``: ``"R@5/16"`` -> ``"R_at_5/16"``, spaces -> ``_``."""
+    return name.replace("@", "_at_").replace(" ", "_")
+
+
+def log_to_mlflow(
+    result: dict,
+    experiment: str,
+    *,
+    run_name: str | None = None,
+    params: dict | None = None,
+    artifacts: Sequence[str] = (),
+) -> str:
+    """Log a result to MLflow: overall metrics as ``eval/<name>``, per movie as ``eval/movie/<movie>/<name>``.
+
+    The tracking URI comes from ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``. Returns the run id.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    mlflow.set_experiment(experiment)
+    metrics = {f"eval/{mlflow_metric_name(k)}": v for k, v in result.items() if isinstance(v, (int, float))}
+    for movie, scores in result.get("per_movie", {}).items():
+        safe = "".join(c if c.isalnum() or c in "_-." else "_" for c in movie)
+        metrics.update({f"eval/movie/{safe}/{mlflow_metric_name(k)}": v for k, v in scores.items()
+                        if isinstance(v, (int, float)) and v is not None})
+    with mlflow.start_run(run_name=run_name) as run:
+        meta = result.get("meta", {})
+        mlflow.log_params({
+            **{k: str(v) for k, v in (params or {}).items()},
+            "num_ads": meta.get("num_ads"),
+            "num_movies": meta.get("num_movies"),
+            "backend": str(meta.get("backend")),
+        })
+        mlflow.log_metrics(metrics)
+        for path in artifacts:
+            mlflow.log_artifact(path)
+        return run.info.run_id

@@ -1,0 +1,412 @@
+"""Reading predictions and ground truth, and matching one to the other.
+
+The harness scores any system's output, so it trusts nothing: every prediction is matched to exactly one
+ground-truth AD by key (``movie`` + ``ad_index``, or ``movie`` + ``start``/``end`` within a tolerance), and
+every way that can go wrong (a GT AD without prediction, two predictions for one AD, a prediction for an AD or
+movie the GT does not have, an empty prediction) is counted and reported with its first examples. A silent
+mismatch would shift scores without anyone noticing, so problems fail the run unless the caller allows them.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import math
+import os
+import tarfile
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distinctad.eval.errors import EvalInputError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIME_TOLERANCE = 0.05  # seconds; generators copy start/end from the shards, so they agree far closer
+NUM_EXAMPLES = 3  # examples shown per problem kind
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One predicted AD, as read from a predictions JSONL line or a dict."""
+
+    movie: str
+    text: str
+    ad_index: int | None = None
+    start: float | None = None
+    end: float | None = None
+    where: str = ""  # "file:line" or "predictions[i]", for messages
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One ground-truth AD (the fields of ``distinctad.data.annotations.AD`` the harness needs)."""
+
+    movie: str
+    ad_index: int
+    sentence: str
+    start: float | None = None
+    end: float | None = None
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A ground-truth AD and the prediction matched to it."""
+
+    movie: str
+    ad_index: int
+    reference: str
+    prediction: str
+
+
+@dataclass
+class MatchResult:
+    """Matched pairs (sorted by movie, ad_index) and every problem found while matching."""
+
+    pairs: list[Pair]
+    missing: list[Reference] = field(default_factory=list)
+    duplicate: list[Prediction] = field(default_factory=list)
+    unknown_movie: list[Prediction] = field(default_factory=list)
+    unknown_ad: list[Prediction] = field(default_factory=list)
+    empty: list[Prediction] = field(default_factory=list)
+    num_predictions: int = 0
+    num_references: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.duplicate or self.unknown_movie or self.unknown_ad or self.empty)
+
+    def problems(self) -> list[str]:
+        """One short phrase per kind of problem, with its count and first examples."""
+
+        def pred_ex(p: Prediction) -> str:
+            key = f"ad_index={p.ad_index}" if p.ad_index is not None else f"start={p.start} end={p.end}"
+            return f"{p.where} {p.movie!r} {key}"
+
+        out = []
+        kinds: list[tuple[str, list, Any]] = [
+            ("missing (GT ADs without prediction)", self.missing, lambda r: f"{r.movie!r} ad_index={r.ad_index}"),
+            ("duplicate (a second prediction for one GT AD)", self.duplicate, pred_ex),
+            ("unknown movie", self.unknown_movie, pred_ex),
+            ("unknown AD (no GT AD with that index/time)", self.unknown_ad, pred_ex),
+            ("empty prediction text", self.empty, pred_ex),
+        ]
+        for name, items, fmt in kinds:
+            if items:
+                examples = "; ".join(fmt(x) for x in items[:NUM_EXAMPLES])
+                more = ", ..." if len(items) > NUM_EXAMPLES else ""
+                out.append(f"{len(items)} {name}, first: {examples}{more}")
+        return out
+
+    def summary(self) -> dict:
+        """Counts and first examples as plain data, for the report."""
+        return {
+            "predictions": self.num_predictions,
+            "references": self.num_references,
+            "matched": len(self.pairs),
+            "missing": len(self.missing),
+            "duplicate": len(self.duplicate),
+            "unknown_movie": len(self.unknown_movie),
+            "unknown_ad": len(self.unknown_ad),
+            "empty": len(self.empty),
+            "problems": self.problems(),
+        }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# predictions
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    return (isinstance(x, (int, float)) and not isinstance(x, bool)) and math.isfinite(x)
+
+
+def parse_prediction(obj: Any, where: str) -> Prediction:
+    """Validate one prediction object ``{"movie", "ad_index" | "start"+"end", "text"}``.
+
+    Raises:
+        EvalInputError: naming ``where`` (e.g. ``"preds.jsonl:12"``) and what is wrong.
+    """
+    if not isinstance(obj, dict):
+        raise EvalInputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    movie = obj.get("movie")
+    if not isinstance(movie, str) or not movie:
+        raise EvalInputError(f"{where}: 'movie' must be a non-empty string, got {movie!r}")
+    text = obj.get("text")
+    if not isinstance(text, str):
+        raise EvalInputError(f"{where}: 'text' must be a string, got {text!r}")
+    ad_index = obj.get("ad_index")
+    if ad_index is not None and (not _is_int(ad_index) or ad_index < 0):
+        raise EvalInputError(f"{where}: 'ad_index' must be a non-negative integer, got {ad_index!r}")
+    start, end = obj.get("start"), obj.get("end")
+    if ad_index is None:
+        if start is None or end is None:
+            raise EvalInputError(f"{where}: needs 'ad_index', or 'start' and 'end', to find its ground truth")
+    for name, v in (("start", start), ("end", end)):
+        if v is not None and not _is_number(v):
+            raise EvalInputError(f"{where}: '{name}' must be a finite number of seconds, got {v!r}")
+    return Prediction(
+        movie=movie,
+        text=text,
+        ad_index=ad_index,
+        start=float(start) if start is not None else None,
+        end=float(end) if end is not None else None,
+        where=where,
+    )
+
+
+def read_predictions(path: str | os.PathLike) -> list[Prediction]:
+    """Read a predictions JSONL file (one object a line; blank lines are skipped).
+
+    Raises:
+        EvalInputError: on a missing file, a line that is not UTF-8 or not JSON, or a bad field, naming the line.
+    """
+    path = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise EvalInputError(f"{path}: cannot read predictions ({e.strerror})") from None
+    preds = []
+    for lineno, line in enumerate(raw.split(b"\n"), 1):
+        where = f"{path}:{lineno}"
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise EvalInputError(
+                f"{where}: not valid UTF-8 (byte 0x{line[e.start]:02x} at column {e.start + 1}); "
+                "write predictions as UTF-8"
+            ) from None
+        if lineno == 1:
+            text = text.removeprefix("\ufeff")
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise EvalInputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        preds.append(parse_prediction(obj, where))
+    if not preds:
+        raise EvalInputError(f"{path}: no predictions in the file")
+    return preds
+
+
+# --------------------------------------------------------------------------------------------------------------
+# ground truth
+
+
+def as_references(items: Iterable[Any]) -> list[Reference]:
+    """Turn ``AD`` records or AD-like dicts into :class:`Reference` s, sorted by movie then ad_index.
+
+    Dicts need ``movie`` and ``sentence`` plus ``ad_index`` or ``start``/``end``; without ``ad_index`` the ADs of
+    a movie are numbered by a stable (start, end) sort, as the annotation reader does. The same
+    (movie, ad_index) given twice with the same text is kept once (overlapping windows); with different text
+    it is an error.
+    """
+    raw: list[dict] = []
+    for i, item in enumerate(items):
+        where = f"references[{i}]"
+        rec = dict(item) if isinstance(item, dict) else {k: getattr(item, k, None) for k in Reference.__annotations__}
+        if not isinstance(rec.get("movie"), str) or not rec["movie"]:
+            raise EvalInputError(f"{where}: 'movie' must be a non-empty string, got {rec.get('movie')!r}")
+        if not isinstance(rec.get("sentence"), str):
+            raise EvalInputError(f"{where}: 'sentence' must be a string, got {rec.get('sentence')!r}")
+        ai = rec.get("ad_index")
+        if ai is not None and (not _is_int(ai) or ai < 0):
+            raise EvalInputError(f"{where}: 'ad_index' must be a non-negative integer, got {ai!r}")
+        for name in ("start", "end"):
+            if rec.get(name) is not None and not _is_number(rec[name]):
+                raise EvalInputError(f"{where}: '{name}' must be a finite number, got {rec[name]!r}")
+        if ai is None and (rec.get("start") is None or rec.get("end") is None):
+            raise EvalInputError(f"{where}: needs 'ad_index', or 'start' and 'end'")
+        raw.append(rec)
+
+    by_movie: dict[str, list[dict]] = defaultdict(list)
+    for rec in raw:
+        by_movie[rec["movie"]].append(rec)
+    refs: list[Reference] = []
+    for movie in sorted(by_movie):
+        recs = by_movie[movie]
+        if any(r.get("ad_index") is None for r in recs):
+            if any(r.get("ad_index") is not None for r in recs):
+                raise EvalInputError(f"movie {movie!r}: some references have 'ad_index' and some do not")
+            recs = sorted(recs, key=lambda r: (r["start"], r["end"]))
+            recs = [{**r, "ad_index": i} for i, r in enumerate(recs)]
+        seen: dict[int, Reference] = {}
+        for r in recs:
+            ref = Reference(
+                movie=movie,
+                ad_index=r["ad_index"],
+                sentence=r["sentence"],
+                start=float(r["start"]) if r.get("start") is not None else None,
+                end=float(r["end"]) if r.get("end") is not None else None,
+            )
+            old = seen.get(ref.ad_index)
+            if old is not None and old.sentence != ref.sentence:
+                raise EvalInputError(
+                    f"ground truth has two different ADs for {movie!r} ad_index={ref.ad_index}: "
+                    f"{old.sentence!r} vs {ref.sentence!r}"
+                )
+            seen[ref.ad_index] = ref
+        refs.extend(seen[i] for i in sorted(seen))
+    if not refs:
+        raise EvalInputError("no ground-truth ADs")
+    return refs
+
+
+def _shard_paths(spec: str) -> list[str]:
+    if os.path.isdir(spec):
+        paths = sorted(glob.glob(os.path.join(spec, "*.tar")) + glob.glob(os.path.join(spec, "*.tar.gz")))
+    elif any(c in spec for c in "*?["):
+        paths = sorted(glob.glob(spec))
+    else:
+        paths = [spec]
+    if not paths:
+        raise EvalInputError(f"{spec}: no .tar shards found")
+    return paths
+
+
+def read_shard_references(spec: str) -> list[Reference]:
+    """Ground truth from the ``json`` members of window (or frames) shards: a directory, a glob or one tar.
+
+    Only JSON is decoded: features and images are skipped unread, and nothing is ever unpickled.
+    """
+    recs: list[dict] = []
+    for path in _shard_paths(spec):
+        try:
+            tar = tarfile.open(path, "r:*")
+        except (OSError, tarfile.TarError) as e:
+            raise EvalInputError(f"{path}: not a readable tar shard ({e})") from None
+        with tar:
+            for member in tar:
+                base = os.path.basename(member.name)
+                # WebDataset splits the member name at the first dot: "key.json" is the sample's json field.
+                if not member.isfile() or base.split(".", 1)[-1] != "json":
+                    continue
+                where = f"{path}: {member.name}"
+                try:
+                    meta = json.loads(tar.extractfile(member).read().decode("utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                    raise EvalInputError(f"{where}: not valid UTF-8 JSON ({e})") from None
+                recs.extend(_shard_records(meta, where))
+    return as_references(recs)
+
+
+def _shard_records(meta: Any, where: str) -> list[dict]:
+    if not isinstance(meta, dict) or "movie" not in meta or "sentence" not in meta or "ad_index" not in meta:
+        raise EvalInputError(f"{where}: expected a sample json with 'movie', 'ad_index' and 'sentence'")
+    if not isinstance(meta["ad_index"], list):  # frames sample: one AD
+        return [{k: meta.get(k) for k in ("movie", "ad_index", "sentence", "start", "end")}]
+    n = meta.get("num_valid", len(meta["ad_index"]))
+    fields = {k: meta.get(k) for k in ("ad_index", "sentence", "start", "end")}
+    for k, v in fields.items():
+        if v is not None and (not isinstance(v, list) or len(v) < n):
+            raise EvalInputError(f"{where}: '{k}' must be a list of at least num_valid={n} entries")
+    return [
+        {
+            "movie": meta["movie"],
+            **{k: (v[i] if v is not None else None) for k, v in fields.items()},
+        }
+        for i in range(n)
+    ]
+
+
+def read_references(
+    spec: str,
+    *,
+    fmt: str | None = None,
+    columns: dict[str, str] | None = None,
+    bad_utf8: str = "repair",
+    timestamp_field: str = "timestamps",
+) -> list[Reference]:
+    """Ground truth from an annotation CSV / MAD JSON (via ``distinctad.data.annotations``) or window shards.
+
+    Args:
+        spec: an annotation file, a shard directory, a shard glob or one ``.tar``.
+        fmt: ``"csv"``, ``"mad-json"``, ``"shards"``; ``None`` guesses from the path.
+        columns: CSV column mapping (see ``read_annotations``).
+        bad_utf8: the annotation reader's invalid-UTF-8 policy (``"error"``, ``"repair"``, ``"drop"``).
+        timestamp_field: MAD JSON timestamp field.
+    """
+    if fmt is None:
+        is_tar = spec.endswith((".tar", ".tar.gz")) or os.path.isdir(spec) or any(c in spec for c in "*?[")
+        fmt = "shards" if is_tar else None
+    if fmt == "shards":
+        return read_shard_references(spec)
+    from distinctad.data.annotations import read_annotations
+
+    try:
+        anns = read_annotations(spec, fmt=fmt, columns=columns, bad_utf8=bad_utf8, timestamp_field=timestamp_field)
+    except ValueError as e:
+        raise EvalInputError(str(e)) from None
+    for issue in anns.issues:
+        logger.warning("ground truth %s:%s: %s (%s)", issue.file, issue.line, issue.problem, issue.action)
+    return as_references(anns.ads)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# matching
+
+
+def match(
+    predictions: Sequence[Prediction],
+    references: Sequence[Reference],
+    *,
+    time_tolerance: float = DEFAULT_TIME_TOLERANCE,
+) -> MatchResult:
+    """Pair each GT AD with its prediction.
+
+    A prediction with ``ad_index`` is matched by (movie, ad_index); one with only ``start``/``end`` goes to the
+    GT AD of its movie whose start and end both lie within ``time_tolerance`` seconds, the closest by
+    |Δstart| + |Δend|. The first prediction for a GT AD wins; later ones are duplicates. Empty predictions are
+    reported and still paired (they score as an empty hypothesis when the caller allows problems).
+    """
+    by_key = {(r.movie, r.ad_index): r for r in references}
+    by_movie: dict[str, list[Reference]] = defaultdict(list)
+    for r in references:
+        by_movie[r.movie].append(r)
+    times: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    result = MatchResult(pairs=[], num_predictions=len(predictions), num_references=len(references))
+    chosen: dict[tuple[str, int], Prediction] = {}
+    for p in predictions:
+        if p.movie not in by_movie:
+            result.unknown_movie.append(p)
+            continue
+        if p.ad_index is not None:
+            ref = by_key.get((p.movie, p.ad_index))
+        else:
+            if p.movie not in times:
+                ads = by_movie[p.movie]
+                times[p.movie] = (
+                    np.array([np.nan if r.start is None else r.start for r in ads]),
+                    np.array([np.nan if r.end is None else r.end for r in ads]),
+                )
+            starts, ends = times[p.movie]
+            ds, de = np.abs(starts - p.start), np.abs(ends - p.end)
+            ok = (ds <= time_tolerance) & (de <= time_tolerance)  # NaN (no GT time) compares False
+            ref = by_movie[p.movie][int(np.argmin(np.where(ok, ds + de, np.inf)))] if ok.any() else None
+        if ref is None:
+            result.unknown_ad.append(p)
+            continue
+        key = (ref.movie, ref.ad_index)
+        if key in chosen:
+            result.duplicate.append(p)
+            continue
+        chosen[key] = p
+        if not p.text.strip():
+            result.empty.append(p)
+    for r in references:
+        p = chosen.get((r.movie, r.ad_index))
+        if p is None:
+            result.missing.append(r)
+        else:
+            result.pairs.append(Pair(movie=r.movie, ad_index=r.ad_index, reference=r.sentence, prediction=p.text))
+    return result

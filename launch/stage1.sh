@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+""":"
+# This file is both a bash script and a Python program, so every documented form works:
+#   bash launch/stage1.sh [CONFIG.yaml] [--section.key VALUE ...]        one process (NGPU=n: n local ranks)
+#   deepspeed launch/stage1.sh [CONFIG.yaml] [...]                        the deepspeed launcher runs it with python
+#   deepspeed --num_gpus 2 launch/stage1.sh ...                           two ranks (two CPU processes without GPUs)
+#   deepspeed --hostfile H --num_nodes 2 ... launch/stage1.sh ...         several nodes
+# Without CONFIG.yaml it uses launch/configs/stage1.yaml.
+if [ "${NGPU:-1}" -gt 1 ]; then exec deepspeed --num_gpus "$NGPU" "$0" "$@"; fi
+exec "${PYTHON:-python}" "$0" "$@"
+":"""
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("WDS_SECURE", "1")  # webdataset must never unpickle shard members
+from distinctad.train.main import launch  # noqa: E402
+
+launch("stage1", sys.argv[1:], default_config=Path(__file__).resolve().parent / "configs" / "stage1.yaml")

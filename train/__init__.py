@@ -1,0 +1,1 @@
+"""Training side of DistinctAD: config, DeepSpeed engine, Stage-I and Stage-II."""

@@ -1,0 +1,124 @@
+"""Rank helpers (open_clip's ``distributed.py`` shape): who am I, start the process group, collectives.
+
+Works under the ``deepspeed`` launcher (one or many nodes), under torchrun, and as a plain single process
+(``python``/``bash launch/stage2.sh``): the environment a launcher would set is filled in for rank 0 of 1.
+On CPU the backend is gloo; on GPUs DeepSpeed picks NCCL.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def world_info_from_env() -> tuple[int, int, int]:
+    """(local_rank, global_rank, world_size) from torchrun/DeepSpeed, SLURM or MPI variables."""
+    local_rank = 0
+    for v in ("LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK"):
+        if v in os.environ:
+            local_rank = int(os.environ[v])
+            break
+    global_rank = 0
+    for v in ("RANK", "PMI_RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK"):
+        if v in os.environ:
+            global_rank = int(os.environ[v])
+            break
+    world_size = 1
+    for v in ("WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+        if v in os.environ:
+            world_size = int(os.environ[v])
+            break
+    return local_rank, global_rank, world_size
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """Start the process group (idempotent) and return (local_rank, rank, world_size).
+
+    A plain single process gets the variables a launcher would set, so DeepSpeed does not go looking for MPI.
+    """
+    if "RANK" not in os.environ and "WORLD_SIZE" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_SIZE="1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+    if not dist.is_initialized():
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    local_rank, rank, world = world_info_from_env()
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    return local_rank, rank, world
+
+
+def get_rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_master() -> bool:
+    """True on global rank 0: the only rank that logs, tracks and writes shared files."""
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_mean(value: float | torch.Tensor) -> float:
+    """Mean over ranks, so that the logged loss is the global one, not rank 0's."""
+    t = torch.as_tensor(value, dtype=torch.float64, device=device()).detach().clone()
+    if dist.is_initialized() and get_world_size() > 1:
+        dist.all_reduce(t)
+        t /= get_world_size()
+    return float(t)
+
+
+def any_rank(flag: bool) -> bool:
+    """True if ``flag`` is true on any rank (all ranks must take the same branch, e.g. to skip a step)."""
+    t = torch.tensor([1.0 if flag else 0.0], device=device())
+    if dist.is_initialized() and get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    if not dist.is_initialized() or get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    if not dist.is_initialized() or get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def shutdown() -> None:
+    """Destroy the process group; without it gloo aborts the process at interpreter exit."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -1,0 +1,100 @@
+"""``distinctad-train JOB [CONFIG.yaml] [--section.key VALUE ...]``: the entry point of every training job.
+
+The launchers in ``launch/`` call this (directly, or once per rank under the ``deepspeed`` launcher, which also
+passes ``--local_rank``; the rank is read from the environment instead).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from distinctad.data.logs import init_logger
+from distinctad.train.config import ConfigError, load_config
+
+logger = logging.getLogger(__name__)
+
+
+def _trivial() -> tuple[type, Callable[[Any], dict]]:
+    from distinctad.train.loop import fit
+    from distinctad.train.trivial import TrivialJob, TrivialTask
+
+    return TrivialJob, lambda cfg: fit(TrivialTask(cfg), cfg, job="trivial")
+
+
+# job name -> lazy (config class, runner); imports stay lazy so --help is instant.
+JOBS: dict[str, Callable[[], tuple[type, Callable[[Any], dict]]]] = {
+    "trivial": _trivial,
+    "stage1": _trivial,  # the Stage-I job replaces the trivial model here
+    "stage2": _trivial,  # the Stage-II job replaces the trivial model here
+}
+
+USAGE = """usage: distinctad-train JOB [CONFIG.yaml] [--section.key VALUE ...]
+
+Train a DistinctAD job under DeepSpeed (one CPU, one GPU, or many nodes via the deepspeed launcher).
+JOB is one of: {jobs}. CONFIG is a YAML file of sections (see launch/configs/); every key can be
+overridden on the command line as --section.key VALUE (or --section.key=VALUE).
+`distinctad-train JOB --help` lists every key of that job with its type, default and meaning."""
+
+
+def _strip_launcher_args(argv: list[str]) -> list[str]:
+    """The deepspeed launcher appends --local_rank=N; the rank comes from the environment instead."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a.startswith("--local_rank=") or a.startswith("--local-rank="):
+            continue
+        elif a in ("--local_rank", "--local-rank"):
+            skip = True
+        else:
+            out.append(a)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = _strip_launcher_args(list(sys.argv[1:] if argv is None else argv))
+    usage = USAGE.format(jobs=", ".join(JOBS))
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        raise SystemExit(0 if argv else 2)
+    job, rest = argv[0], argv[1:]
+    if job not in JOBS:
+        raise SystemExit(f"error: unknown job '{job}' (choose from {', '.join(JOBS)})")
+    cfg_cls, runner = JOBS[job]()
+    if "-h" in rest or "--help" in rest:
+        from distinctad.train.params import describe
+
+        print(usage.splitlines()[0].replace("JOB", job) + "\n\nkeys:\n" + "\n".join(describe(cfg_cls)))
+        raise SystemExit(0)
+    path = rest[0] if rest and not rest[0].startswith("--") else None
+    overrides = rest[1:] if path else rest
+    try:
+        cfg = load_config(cfg_cls, path, overrides)
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
+
+    from distinctad.train.distributed import init_distributed, shutdown
+
+    _, rank, _ = init_distributed()
+    init_logger(rank=rank)
+    try:
+        result = runner(cfg)
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
+    shutdown()
+    return result
+
+
+def launch(job: str, argv: list[str], default_config) -> dict:
+    """What ``launch/<job>.sh`` runs on every rank: ``main`` with the job's default config unless one is given."""
+    argv = _strip_launcher_args(argv)
+    if not argv or argv[0].startswith("--") and argv[0] not in ("-h", "--help"):
+        argv = [str(default_config), *argv]
+    return main([job, *argv])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Model code (plain nn.Modules, free of distributed logic)."""

@@ -1,0 +1,412 @@
+"""DistinctAD Stage-II captioner: frame features of a window of clips -> one AD per clip.
+
+Per window of N clips (paper §3.2, supp. C, D; DESIGN.md §5):
+
+    X_i (T×D) --Perceiver--> H_i (L×d) --Contextual EMA over the window--> bases M (K×d)
+    H̃_i = CrossAttn(H_i, M),  Ĥ_i = H_i − H̃_i,  prompt_i = [H_i + α·Ĥ_i][β·mean_{j≠i} Ĥ_j]
+    LLM input embeddings: [proj(prompt_i)][text context: the K previous ADs][<bos> AD_i <eos>]
+    loss = next-token CE on AD_i (+ <eos>)  +  λ_dist · L_dist
+
+With both paths off (configuration A0) the Contextual EMA and the cross-attention are not even built and the
+prompt is H_i. The module holds no distributed logic: the training job wraps it (DeepSpeed) and calls
+``forward(**prepare_batch(batch, tokenizer, cfg))``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distinctad.train.models.contextual_ema import ContextualEMA
+from distinctad.train.models.cross_attention import ContextCrossAttention
+from distinctad.train.models.distinctive import distinctive_targets, distinctive_word_loss, pad_targets
+from distinctad.train.models.distinctive_prompt import DistinctivePrompt
+from distinctad.train.models.llm import apply_lora, build_llm
+from distinctad.train.models.perceiver import PerceiverResampler
+
+logger = logging.getLogger(__name__)
+
+IGNORE = -100
+
+
+@dataclass
+class CaptionerConfig:
+    """Everything that defines a Stage-II captioner (architecture, ablation switches, LLM, LoRA)."""
+
+    # ---- visual side
+    feature_dim: int = 512
+    """D: width of the frame features (512 for CLIP ViT-B/32 and B/16, 768 for L/14)."""
+    d_model: int = 512
+    """d: width of the latent tokens, the EMA bases and the cross-attention."""
+    num_latents: int = 10
+    """L: visual tokens per clip produced by the Perceiver resampler."""
+    perceiver_layers: int = 2
+    """Perceiver attention + MLP blocks."""
+    perceiver_heads: int = 8
+    """Perceiver attention heads (must divide d_model)."""
+    max_frames: int = 64
+    """Longest clip, in frames, the Perceiver's temporal position table covers."""
+    # ---- Contextual EMA
+    num_bases: int = 64
+    """K: EMA bases per window."""
+    ema_iters: int = 3
+    """EM iterations per window."""
+    tau: float = 1.0
+    """E-step temperature: Z = softmax(H Mᵀ / tau)."""
+    momentum: float = 0.9
+    """Running-mean momentum: mu <- momentum * mu + (1 - momentum) * mean over the batch of M."""
+    ema_grad: bool = False
+    """Let gradients flow through the EM iterations (EMANet: no)."""
+    # ---- ablation switches (Table D.2; see distinctive_prompt.py for our reading)
+    alpha_path: bool = False
+    """α-path: clip i's prompt is H_i + α·Ĥ_i."""
+    alpha: float = 1.0
+    """α (initial value when learnable)."""
+    alpha_learnable: bool = False
+    """Train α as a scalar parameter."""
+    beta_path: bool = False
+    """β-path: the prompt also carries β·mean_{j≠i} Ĥ_j as L extra tokens."""
+    beta: float = 1.0
+    """β (initial value when learnable)."""
+    beta_learnable: bool = False
+    """Train β as a scalar parameter."""
+    lambda_dist: float = 0.0
+    """Weight of the distinctive-word loss L_dist (0 = off; still reported, without gradient)."""
+    max_dist_words: int = 16
+    """At most this many distinctive words per clip enter L_dist."""
+    # ---- text
+    context_ads: int = 3
+    """K previous ADs (ground truth, oldest first) given as text context before the AD (0 = none)."""
+    max_context_tokens: int = 96
+    """Context tokens kept (the most recent ones)."""
+    max_ad_tokens: int = 67
+    """AD tokens kept for the loss (the <eos> comes on top)."""
+    # ---- LLM
+    llm: str = "gpt2"
+    """Causal LM: a local HF directory or hub-cache id (GPT-2 default, LLaMA-3-8B by path), "tiny-gpt2", "tiny-llama"."""
+    tokenizer: str | None = None
+    """Tokenizer directory (default: the LLM's; tiny LLMs need a trained one, see llm.train_bpe_tokenizer)."""
+    llm_dtype: str | None = None
+    """Weight dtype of the LLM ("bfloat16", "float32"; default as saved)."""
+    freeze_llm: bool = False
+    """Freeze every LLM weight (only our modules train)."""
+    gradient_checkpointing: bool = False
+    """Recompute LLM activations in the backward pass."""
+    lora: bool = False
+    """Wrap the LLM with LoRA adapters (peft): base frozen, adapters + our modules train."""
+    lora_r: int = 8
+    """LoRA rank."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA adapter input."""
+    lora_targets: list[str] | None = field(default=None)
+    """Modules to adapt (default: c_attn for GPT-2; q/k/v/o_proj for LLaMA)."""
+
+    def __post_init__(self):
+        for name in ("feature_dim", "d_model", "num_latents", "perceiver_layers", "num_bases", "ema_iters",
+                     "max_ad_tokens", "lora_r"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.perceiver_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by perceiver_heads {self.perceiver_heads}")
+        if self.tau <= 0:
+            raise ValueError(f"tau must be > 0, got {self.tau}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.lambda_dist < 0:
+            raise ValueError(f"lambda_dist must be >= 0, got {self.lambda_dist}")
+        if self.context_ads < 0 or self.max_context_tokens < 0:
+            raise ValueError("context_ads and max_context_tokens must be >= 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CaptionerConfig:
+        """Build from a dict; unknown keys raise (a typo must not silently become a default)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown CaptionerConfig keys: {', '.join(unknown)}")
+        return cls(**d)
+
+
+# Table D.2 grid as config overrides. The λ_dist of the C rows is our choice (the paper's value is not in our seed).
+DEFAULT_LAMBDA_DIST = 0.1
+ABLATIONS: dict[str, dict] = {
+    "A0": dict(alpha_path=False, beta_path=False, lambda_dist=0.0),
+    "B1": dict(alpha_path=True, beta_path=False, lambda_dist=0.0),
+    "B2": dict(alpha_path=False, beta_path=True, lambda_dist=0.0),
+    "B3": dict(alpha_path=True, beta_path=True, lambda_dist=0.0),
+    "C0": dict(alpha_path=False, beta_path=False, lambda_dist=DEFAULT_LAMBDA_DIST),
+    "C1": dict(alpha_path=True, beta_path=False, lambda_dist=DEFAULT_LAMBDA_DIST),
+    "C2": dict(alpha_path=False, beta_path=True, lambda_dist=DEFAULT_LAMBDA_DIST),
+    "C3": dict(alpha_path=True, beta_path=True, lambda_dist=DEFAULT_LAMBDA_DIST),
+}
+
+
+def _special_ids(tokenizer) -> tuple[int, int, int]:
+    """(bos, eos, pad); a tokenizer without bos uses eos as the "AD starts here" marker, without pad uses eos."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos token; the AD needs an end marker")
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    return bos, eos, pad
+
+
+def prepare_batch(batch: dict, tokenizer, cfg: CaptionerConfig) -> dict[str, torch.Tensor]:
+    """Turn a collated window batch (/tmp/formats.md) into the tensors ``forward`` / ``generate`` take.
+
+    The valid clips (``clip_mask``) of all windows are flattened window-major into V rows. Clip i's text is
+    [context: last ``context_ads`` ADs before it — the window's ``context`` then the window's own earlier ADs]
+    [<bos>][AD_i][<eos>].
+
+    Args:
+        batch: dict with feats (B, N, T, D), frame_mask (B, N, T), clip_mask (B, N), sentences, context.
+        tokenizer: the LLM's tokenizer.
+        cfg: the captioner config (context_ads, token limits, max_dist_words).
+
+    Returns:
+        feats (B, N, T, D) float, frame_mask (B, N, T) bool, clip_mask (B, N) bool,
+        text_ids (V, S) right-padded, text_mask (V, S) bool, text_labels (V, S) (-100 except AD and <eos>),
+        gen_ids (V, S_g) = context + <bos>, left-padded, gen_mask (V, S_g) bool,
+        dist_targets (V, W) first-sub-token ids of the distinctive words, -1 = none.
+    """
+    if batch.get("feats") is None:
+        raise ValueError("this window batch has no frame features (text-only windows cannot train or generate)")
+    bos, eos, pad = _special_ids(tokenizer)
+    clip_mask = batch["clip_mask"].bool()
+    B, N = clip_mask.shape
+    texts, labels, prompts = [], [], []
+    windows = []
+    for b in range(B):
+        sentences = [s if clip_mask[b, n] else "" for n, s in enumerate(batch["sentences"][b])]
+        windows.append(sentences)
+        history = [c for c in batch["context"][b] if c]
+        for n in range(N):
+            if not clip_mask[b, n]:
+                continue
+            ctx_ids = []
+            if cfg.context_ads > 0 and cfg.max_context_tokens > 0 and history:
+                ctx_text = " ".join(history[-cfg.context_ads:])
+                ctx_ids = tokenizer(ctx_text, add_special_tokens=False)["input_ids"][-cfg.max_context_tokens:]
+            ad_ids = tokenizer(sentences[n].strip(), add_special_tokens=False)["input_ids"][: cfg.max_ad_tokens]
+            texts.append(ctx_ids + [bos] + ad_ids + [eos])
+            labels.append([IGNORE] * (len(ctx_ids) + 1) + ad_ids + [eos])
+            prompts.append(ctx_ids + [bos])
+            history.append(sentences[n])
+
+    V = len(texts)
+    S = max((len(t) for t in texts), default=1)
+    text_ids = torch.full((V, S), pad, dtype=torch.long)
+    text_labels = torch.full((V, S), IGNORE, dtype=torch.long)
+    text_mask = torch.zeros(V, S, dtype=torch.bool)
+    for v, (ids, lab) in enumerate(zip(texts, labels)):
+        text_ids[v, : len(ids)] = torch.tensor(ids)
+        text_labels[v, : len(lab)] = torch.tensor(lab)
+        text_mask[v, : len(ids)] = True
+    S_g = max((len(p) for p in prompts), default=1)
+    gen_ids = torch.full((V, S_g), pad, dtype=torch.long)
+    gen_mask = torch.zeros(V, S_g, dtype=torch.bool)
+    for v, ids in enumerate(prompts):
+        gen_ids[v, S_g - len(ids):] = torch.tensor(ids)
+        gen_mask[v, S_g - len(ids):] = True
+
+    targets = distinctive_targets(windows, tokenizer, max_words=cfg.max_dist_words)  # B·N rows
+    flat_valid = clip_mask.reshape(-1).tolist()
+    dist_targets = pad_targets([t for t, ok in zip(targets, flat_valid) if ok])
+    return dict(
+        feats=batch["feats"].float(),
+        frame_mask=batch["frame_mask"].bool(),
+        clip_mask=clip_mask,
+        text_ids=text_ids,
+        text_mask=text_mask,
+        text_labels=text_labels,
+        gen_ids=gen_ids,
+        gen_mask=gen_mask,
+        dist_targets=dist_targets,
+    )
+
+
+class DistinctADCaptioner(nn.Module):
+    """The Stage-II model: Perceiver → Contextual EMA → cross-attention → distinctive prompt → LLM.
+
+    Args:
+        cfg: the config.
+        tokenizer: the LLM's tokenizer (sizes tiny LLMs, gives bos/eos/pad ids).
+        llm: an already built causal LM to use instead of ``build_llm(cfg.llm)`` (LoRA is still applied when
+            ``cfg.lora``).
+    """
+
+    def __init__(self, cfg: CaptionerConfig, tokenizer, llm: nn.Module | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.perceiver = PerceiverResampler(cfg.feature_dim, cfg.d_model, cfg.num_latents, cfg.perceiver_layers,
+                                            cfg.perceiver_heads, cfg.max_frames)
+        self.prompt = DistinctivePrompt(cfg.alpha_path, cfg.alpha, cfg.alpha_learnable, cfg.beta_path, cfg.beta,
+                                        cfg.beta_learnable)
+        # Only built when used: A0 holds no unused parameters (DeepSpeed / DDP dislike those).
+        self.ema = self.xattn = None
+        if self.prompt.needs_context:
+            self.ema = ContextualEMA(cfg.d_model, cfg.num_bases, cfg.ema_iters, cfg.tau, cfg.momentum, cfg.ema_grad)
+            self.xattn = ContextCrossAttention(cfg.d_model)
+        if llm is None:
+            llm = build_llm(cfg.llm, tokenizer, freeze=cfg.freeze_llm, dtype=cfg.llm_dtype,
+                            gradient_checkpointing=cfg.gradient_checkpointing)
+        elif cfg.freeze_llm:
+            llm.requires_grad_(False)
+        if cfg.lora:
+            llm = apply_lora(llm, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+        self.llm = llm
+        self.proj = nn.Linear(cfg.d_model, llm.get_input_embeddings().embedding_dim)
+        self.bos_id, self.eos_id, self.pad_id = _special_ids(tokenizer)
+
+    def encode_visual(self, feats: torch.Tensor, frame_mask: torch.Tensor,
+                      clip_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Visual prompt of every valid clip, in the LLM's embedding space.
+
+        Args:
+            feats: (B, N, T, D) frame features; frame_mask (B, N, T); clip_mask (B, N).
+
+        Returns:
+            (prompt embeddings (V, P, E) of the valid clips, window-major; EMA statistics).
+        """
+        B, N, T, D = feats.shape
+        L = self.cfg.num_latents
+        p_dtype = self.proj.weight.dtype
+        h = self.perceiver(feats.reshape(B * N, T, D).to(p_dtype), frame_mask.reshape(B * N, T))  # (B·N, L, d)
+        h = h.view(B, N, L, -1)  # (B, N, L, d)
+        stats: dict[str, torch.Tensor] = {}
+        h_ctx = None
+        if self.prompt.needs_context:
+            ema = self.ema(h, clip_mask)
+            h_ctx = self.xattn(h, ema.bases)  # (B, N, L, d)
+            stats = {"ema_entropy": ema.usage_entropy, "ema_assign_entropy": ema.assign_entropy}
+        prompt = self.prompt(h, h_ctx, clip_mask)  # (B, N, P, d)
+        prompt = prompt[clip_mask.bool()]  # (V, P, d)
+        embed_dtype = self.llm.get_input_embeddings().weight.dtype
+        return self.proj(prompt).to(embed_dtype), stats  # (V, P, E)
+
+    def forward(self, feats: torch.Tensor, frame_mask: torch.Tensor, clip_mask: torch.Tensor,
+                text_ids: torch.Tensor, text_mask: torch.Tensor, text_labels: torch.Tensor,
+                dist_targets: torch.Tensor | None = None, gen_ids: torch.Tensor | None = None,
+                gen_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Training / validation losses on a prepared window batch (``gen_*`` are accepted and ignored).
+
+        Returns:
+            loss (with gradient) = lm_loss + lambda_dist · dist_loss; lm_loss, dist_loss (0 without targets),
+            ema_entropy / ema_assign_entropy (when the EMA runs), alpha / beta (when learnable),
+            num_tokens (AD tokens in the loss), num_clips — all detached except ``loss``.
+        """
+        prompt, stats = self.encode_visual(feats, frame_mask, clip_mask)
+        V, P, _ = prompt.shape
+        text_emb = self.llm.get_input_embeddings()(text_ids)  # (V, S, E)
+        inputs = torch.cat([prompt, text_emb], dim=1)  # (V, P+S, E)
+        attn = torch.cat([text_mask.new_ones(V, P), text_mask], dim=1).long()  # (V, P+S)
+        # Only the final hidden states are needed: the LM head runs on the AD positions and pooled prompt only,
+        # which keeps a 128k-vocabulary LLaMA from materialising (V, P+S, vocab) logits.
+        out = self.llm(inputs_embeds=inputs, attention_mask=attn, output_hidden_states=True, use_cache=False,
+                       logits_to_keep=1)
+        hidden = out.hidden_states[-1]  # (V, P+S, E), after the final norm
+        lm_head = self.llm.get_output_embeddings()
+
+        labels = torch.cat([text_labels.new_full((V, P), IGNORE), text_labels], dim=1)  # (V, P+S)
+        target = labels[:, 1:]  # position t predicts token t+1
+        sel = target != IGNORE  # (V, P+S-1)
+        logits = lm_head(hidden[:, :-1][sel])  # (n_tok, vocab)
+        lm_loss = F.cross_entropy(logits.float(), target[sel])
+
+        loss = lm_loss
+        dist_loss = lm_loss.new_zeros(())
+        if dist_targets is not None:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.lambda_dist > 0):
+                pooled = hidden[:, :P].max(dim=1).values  # (V, E) max over the visual-prompt positions
+                dist_loss = distinctive_word_loss(lm_head(pooled), dist_targets)
+            if self.cfg.lambda_dist > 0:
+                loss = loss + self.cfg.lambda_dist * dist_loss
+        result = {"loss": loss, "lm_loss": lm_loss.detach(), "dist_loss": dist_loss.detach(),
+                  "num_tokens": sel.sum().detach(), "num_clips": torch.tensor(V, device=loss.device)}
+        result.update(stats)
+        if isinstance(self.prompt.alpha, nn.Parameter):
+            result["alpha"] = self.prompt.alpha.detach()
+        if isinstance(self.prompt.beta, nn.Parameter):
+            result["beta"] = self.prompt.beta.detach()
+        return result
+
+    @torch.no_grad()
+    def generate(self, prepared: dict[str, torch.Tensor], tokenizer, num_beams: int = 5,
+                 repetition_penalty: float = 1.2, no_repeat_ngram_size: int = 3, max_new_tokens: int = 67,
+                 **generate_kwargs) -> list[list[str]]:
+        """Generate one AD per valid clip with HF ``generate`` on ``inputs_embeds`` (eval mode, μ frozen).
+
+        The LLM sees [prompt][context][<bos>] (left-padded) and continues with the AD until <eos>. The text
+        context is the ground-truth previous ADs that ``prepare_batch`` put in ``gen_ids``.
+
+        Args:
+            prepared: output of ``prepare_batch`` (the text_* entries are not used).
+            tokenizer: decodes the generated ids.
+            num_beams, repetition_penalty, no_repeat_ngram_size, max_new_tokens: decoding (paper: 5, 1.2, 3, 67).
+            **generate_kwargs: passed to HF ``generate`` (they override the defaults above).
+
+        Returns:
+            Per window, the ADs of its valid clips in clip order (``clip_mask`` True positions).
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            clip_mask = prepared["clip_mask"].bool()
+            prompt, _ = self.encode_visual(prepared["feats"], prepared["frame_mask"], clip_mask)  # (V, P, E)
+            V, P, E = prompt.shape
+            embed = self.llm.get_input_embeddings()
+            gen_ids, gen_mask = prepared["gen_ids"], prepared["gen_mask"].bool()
+            rows = [torch.cat([prompt[v], embed(gen_ids[v][gen_mask[v]])], dim=0) for v in range(V)]
+            S = max(r.shape[0] for r in rows)
+            inputs = prompt.new_zeros(V, S, E)
+            attn = torch.zeros(V, S, dtype=torch.long, device=prompt.device)
+            for v, r in enumerate(rows):  # left padding: every row ends where generation starts
+                inputs[v, S - r.shape[0]:] = r
+                attn[v, S - r.shape[0]:] = 1
+            kwargs = dict(num_beams=num_beams, repetition_penalty=repetition_penalty,
+                          no_repeat_ngram_size=no_repeat_ngram_size, max_new_tokens=max_new_tokens,
+                          min_new_tokens=1, do_sample=False, early_stopping=True, pad_token_id=self.pad_id,
+                          eos_token_id=self.eos_id, bos_token_id=self.bos_id)
+            kwargs.update(generate_kwargs)
+            with warnings.catch_warnings():
+                # Without input_ids the penalties see only the generated AD, not the prompt and context: intended.
+                warnings.filterwarnings("ignore", message=r"Passing `\w+` with `inputs_embeds`")
+                out = self.llm.generate(inputs_embeds=inputs, attention_mask=attn, **kwargs)  # (V, new tokens)
+            texts = [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
+        finally:
+            self.train(was_training)
+        grouped, start = [], 0
+        for count in clip_mask.sum(dim=1).tolist():
+            grouped.append(texts[start:start + count])
+            start += count
+        return grouped
+
+
+def build_captioner(cfg: CaptionerConfig, tokenizer=None) -> tuple[DistinctADCaptioner, object]:
+    """Build the tokenizer (``cfg.tokenizer`` or the LLM's directory) and the captioner.
+
+    Args:
+        cfg: the config.
+        tokenizer: an already loaded tokenizer (skips loading).
+
+    Returns:
+        (model, tokenizer).
+    """
+    from distinctad.train.models.llm import TINY_LLMS, load_tokenizer
+
+    if tokenizer is None:
+        path = cfg.tokenizer or (None if cfg.llm in TINY_LLMS else cfg.llm)
+        if path is None:
+            raise ValueError(f"'{cfg.llm}' has no tokenizer of its own; set tokenizer to a trained BPE directory")
+        tokenizer = load_tokenizer(path)
+    return DistinctADCaptioner(cfg, tokenizer), tokenizer

@@ -1,0 +1,196 @@
+"""The language model of Stage-II: loading (local only), tiny random configs, freezing, LoRA, a BPE tokenizer.
+
+Real weights come from a local Hugging Face directory (GPT-2 124M by default, LLaMA-3-8B by path) or the
+local hub cache; nothing is ever downloaded. Tests and SynthMAD runs use ``"tiny-gpt2"`` / ``"tiny-llama"``:
+2-layer, 64-wide random models whose vocabulary is that of a tokenizer trained on the fly with
+``train_bpe_tokenizer``. ``save_llm`` / ``build_llm(path)`` go through save_pretrained / from_pretrained, the
+same code path as real weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    LlamaConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+
+logger = logging.getLogger(__name__)
+
+TINY_LLMS = ("tiny-gpt2", "tiny-llama")
+BOS, EOS, PAD = "<|bos|>", "<|endoftext|>", "<|pad|>"
+
+# LoRA targets per model family: attention projections (GPT-2 fuses q/k/v into one Conv1D, c_attn).
+LORA_TARGETS = {"gpt2": ["c_attn"], "llama": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer (GPT-2 style) offline and save it.
+
+    Args:
+        texts: training text, e.g. the AD sentences.
+        vocab_size: target vocabulary size, special tokens included (byte-level BPE needs at least 256 + 3).
+        out_dir: where to save; ``AutoTokenizer.from_pretrained(out_dir)`` loads it back.
+
+    Returns:
+        The tokenizer, with bos / eos / pad tokens set (``<|bos|>``, ``<|endoftext|>``, ``<|pad|>``).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS, BOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte is encodable, no unknown token needed
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD)
+    fast.save_pretrained(str(out_dir))
+    return fast
+
+
+def _check_local(name_or_path: str, what: str) -> None:
+    """A path-looking name (absolute, ./, ../, ~) must be an existing directory; hub ids go to the cache."""
+    path = Path(name_or_path).expanduser()
+    if (path.is_absolute() or name_or_path.startswith((".", "~"))) and not path.is_dir():
+        raise FileNotFoundError(f"{what} directory not found: {name_or_path}")
+
+
+def load_tokenizer(name_or_path: str | os.PathLike):
+    """Load a tokenizer from a local directory (or the local hub cache); never downloads.
+
+    A tokenizer without a pad token (GPT-2) gets pad = eos: padded positions are masked anyway.
+    """
+    name_or_path = str(name_or_path)
+    _check_local(name_or_path, "tokenizer")
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+    except OSError as e:
+        raise FileNotFoundError(
+            f"tokenizer '{name_or_path}' is neither a local directory nor in the Hugging Face cache "
+            f"(no downloads are made): {str(e).splitlines()[0]}"
+        ) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def tiny_llm_config(name: str, tokenizer):
+    """The 2-layer, 64-wide random configs used by tests ("tiny-gpt2", "tiny-llama")."""
+    ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id)
+    if name == "tiny-gpt2":
+        return GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=512, **ids)
+    if name == "tiny-llama":
+        return LlamaConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                           num_key_value_heads=2, max_position_embeddings=512, **ids)
+    raise ValueError(f"unknown tiny LLM '{name}', expected one of {TINY_LLMS}")
+
+
+def build_llm(name_or_path: str | os.PathLike, tokenizer=None, *, freeze: bool = False,
+              dtype: torch.dtype | str | None = None, gradient_checkpointing: bool = False) -> PreTrainedModel:
+    """Build the causal LM.
+
+    Args:
+        name_or_path: a local HF directory, a model id already in the local hub cache, or "tiny-gpt2" /
+            "tiny-llama" (random weights; needs ``tokenizer`` for the vocabulary and special ids).
+        tokenizer: the tokenizer the model is used with; for loaded models a larger tokenizer resizes the
+            embeddings.
+        freeze: set requires_grad=False on every weight (the base of a LoRA model is frozen by peft anyway).
+        dtype: weight dtype, e.g. torch.bfloat16 or "bfloat16" (default: float32 / as saved).
+        gradient_checkpointing: recompute activations in the backward pass (LLaMA-8B).
+
+    Returns:
+        A ``transformers`` causal LM.
+    """
+    name_or_path = str(name_or_path)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    if name_or_path in TINY_LLMS:
+        if tokenizer is None:
+            raise ValueError(f"'{name_or_path}' needs a tokenizer to size its vocabulary")
+        model = AutoModelForCausalLM.from_config(tiny_llm_config(name_or_path, tokenizer))
+        if dtype is not None:
+            model = model.to(dtype)
+    else:
+        _check_local(name_or_path, "LLM")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(name_or_path, local_files_only=True, dtype=dtype)
+        except OSError as e:
+            raise FileNotFoundError(
+                f"LLM '{name_or_path}' is neither a local directory nor in the Hugging Face cache "
+                f"(no downloads are made; use a local path, 'tiny-gpt2' or 'tiny-llama'): {str(e).splitlines()[0]}"
+            ) from None
+        if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))
+    if tokenizer is not None and model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if freeze:
+        model.requires_grad_(False)
+    return model
+
+
+def apply_lora(model: PreTrainedModel, r: int = 8, alpha: int = 16, dropout: float = 0.05,
+               target_modules: Sequence[str] | None = None) -> nn.Module:
+    """Wrap ``model`` with LoRA adapters (peft): the base is frozen, only the adapters train.
+
+    Args:
+        model: a causal LM from ``build_llm``.
+        r: LoRA rank.
+        alpha: LoRA scaling numerator (scale = alpha / r).
+        dropout: dropout on the adapter input.
+        target_modules: module names to adapt (default per family, ``LORA_TARGETS``).
+
+    Returns:
+        The ``peft.PeftModel``.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    family = model.config.model_type
+    if target_modules is None:
+        if family not in LORA_TARGETS:
+            raise ValueError(f"no default LoRA targets for model type '{family}'; set lora_targets")
+        target_modules = LORA_TARGETS[family]
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
+                        fan_in_fan_out=family == "gpt2",  # GPT-2's Conv1D stores weights transposed
+                        bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def save_llm(model: PreTrainedModel, tokenizer, out_dir: str | os.PathLike) -> Path:
+    """``save_pretrained`` model and tokenizer into ``out_dir``; written to a sibling temp dir, then renamed.
+
+    Returns:
+        ``out_dir`` as a Path, loadable with ``build_llm(out_dir)`` and ``load_tokenizer(out_dir)``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out_dir

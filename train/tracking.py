@@ -1,0 +1,166 @@
+"""Experiment tracking behind one small interface (torchtitan's ``BaseLogger`` pattern).
+
+Rank 0 gets an :class:`MLflowLogger`, every other rank a :class:`NullLogger`. Metrics are always also appended to
+``<run dir>/metrics.jsonl``, so a tracking server that is down (or goes down mid-run) costs nothing but a warning:
+training goes on and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from distinctad.data.logs import warn_once
+
+try:
+    import mlflow
+except ImportError:  # optional at import time; the logger then degrades to JSONL only
+    mlflow = None
+
+logger = logging.getLogger(__name__)
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+def tracking_uri(configured: str = "") -> str:
+    """Config value, else $MLFLOW_TRACKING_URI, else a local SQLite store (artifacts in ./mlartifacts)."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def _http_reachable(uri: str, timeout: float = 3.0) -> bool:
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            return True
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+class BaseLogger:
+    """What a job may send to tracking."""
+
+    run_id: str | None = None
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None: ...
+    def log_text(self, text: str, artifact_file: str) -> None: ...
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+    def close(self, status: str = "FINISHED") -> None: ...
+
+
+class NullLogger(BaseLogger):
+    """Ranks other than 0."""
+
+
+class JsonlLogger(BaseLogger):
+    """Append-only metrics file in the run directory; survives anything MLflow does."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
+            f.flush()
+
+
+class MLflowLogger(BaseLogger):
+    """MLflow run on rank 0 that turns every tracking failure into a single warning."""
+
+    def __init__(self, uri: str, experiment: str, run_name: str, jsonl: JsonlLogger, parent_run_id: str = ""):
+        self.jsonl = jsonl
+        self.active = False
+        self.run_id = None
+        if mlflow is None:
+            warn_once(logger, "mlflow is not installed; metrics go to metrics.jsonl only")
+            return
+        if uri.startswith(("http://", "https://")):
+            # Fail fast: the MLflow client retries a dead server for minutes by default.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+            if not _http_reachable(uri):
+                warn_once(logger, f"MLflow tracking server {uri} is unreachable; training goes on and metrics "
+                          f"are written to {jsonl.path}")
+                return
+        try:
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_experiment(experiment)
+            tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
+            self.run = mlflow.start_run(run_name=run_name, tags=tags)
+            self.run_id = self.run.info.run_id
+            self.active = True
+            logger.info("MLflow run %s in experiment '%s' at %s", self.run_id, experiment, uri)
+        except Exception as e:  # noqa: BLE001 - any tracking failure must not stop training
+            self._fail(e)
+
+    def _fail(self, e: Exception) -> None:
+        self.active = False
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        warn_once(logger, f"MLflow tracking failed ({first}); training goes on, metrics kept in {self.jsonl.path}")
+
+    def _call(self, fn: str, *args: Any, **kwargs: Any) -> None:
+        if not self.active:
+            return
+        try:
+            getattr(mlflow, fn)(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001
+            self._fail(e)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        # MLflow params are strings of at most 6000 chars and cannot change once logged.
+        self._call("log_params", {k: str(v)[:6000] for k, v in params.items()})
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._call("log_metrics", {k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self._call("log_artifact", str(path), artifact_path=artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._call("log_text", text, artifact_file)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._call("set_tags", tags)
+
+    def close(self, status: str = "FINISHED") -> None:
+        self._call("end_run", status=status)
+        self.active = False
+
+
+class Tracker(BaseLogger):
+    """The logger a job uses: JSONL always, MLflow when enabled (rank 0 only)."""
+
+    def __init__(self, run_dir: str | os.PathLike, *, enabled: bool, is_master: bool, uri: str = "",
+                 experiment: str = "distinctad", run_name: str = "run", parent_run_id: str = ""):
+        self.is_master = is_master
+        self.jsonl = JsonlLogger(Path(run_dir) / "metrics.jsonl") if is_master else None
+        self.backend: BaseLogger = NullLogger()
+        if is_master and enabled:
+            self.backend = MLflowLogger(tracking_uri(uri), experiment, run_name, self.jsonl, parent_run_id)
+        self.run_id = self.backend.run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self.backend.log_params(params)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self.jsonl is not None:
+            self.jsonl.log_metrics(metrics, step)
+        self.backend.log_metrics(metrics, step)
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self.backend.log_artifact(path, artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.backend.log_text(text, artifact_file)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.backend.set_tags(tags)
+
+    def close(self, status: str = "FINISHED") -> None:
+        self.backend.close(status)
