@@ -41,20 +41,41 @@ def _add_build(sub) -> None:
     p = sub.add_parser("build", help="Build frames or window shards from annotations and features/videos.")
     g = p.add_argument_group("inputs")
     g.add_argument("--annotations", required=True, help="MAD annotation JSON or AutoAD-style CSV file.")
-    g.add_argument("--format", choices=["csv", "mad-json"], default=None,
-                   help="Annotation format; by default it is taken from the file suffix.")
-    g.add_argument("--columns", nargs="*", metavar="KEY=COLUMN", default=None,
-                   help="CSV column mapping, e.g. movie=movie_id sentence=text start=start_s end=end_s.")
-    g.add_argument("--bad-utf8", choices=["error", "repair", "drop"], default="error",
-                   help="What to do with invalid UTF-8 bytes: stop with the file:line, replace by U+FFFD, or drop the row.")
-    g.add_argument("--timestamp-field", choices=["timestamps", "ext_timestamps"], default="timestamps",
-                   help="MAD JSON: which timestamp field gives an AD's [start, end].")
+    g.add_argument(
+        "--format",
+        choices=["csv", "mad-json"],
+        default=None,
+        help="Annotation format; by default it is taken from the file suffix.",
+    )
+    g.add_argument(
+        "--columns",
+        nargs="*",
+        metavar="KEY=COLUMN",
+        default=None,
+        help="CSV column mapping, e.g. movie=movie_id sentence=text start=start_s end=end_s.",
+    )
+    g.add_argument(
+        "--bad-utf8",
+        choices=["error", "repair", "drop"],
+        default="error",
+        help="What to do with invalid UTF-8 bytes: stop with the file:line, replace by U+FFFD, or drop the row.",
+    )
+    g.add_argument(
+        "--timestamp-field",
+        choices=["timestamps", "ext_timestamps"],
+        default="timestamps",
+        help="MAD JSON: which timestamp field gives an AD's [start, end].",
+    )
     g.add_argument("--features", default=None, help="MAD-layout HDF5 frame features (window shards with feats.npy).")
     g.add_argument("--videos", default=None, help="Folder of {movie}.mp4/.mkv videos (frames shards).")
     g = p.add_argument_group("output")
     g.add_argument("--out", required=True, help="Output folder for the shards, manifest.json and sizes.json.")
-    g.add_argument("--kind", choices=["frames", "window"], default="window",
-                   help="frames: T JPEG frames per AD (Stage-I); window: N consecutive ADs (Stage-II/eval).")
+    g.add_argument(
+        "--kind",
+        choices=["frames", "window"],
+        default="window",
+        help="frames: T JPEG frames per AD (Stage-I); window: N consecutive ADs (Stage-II/eval).",
+    )
     g.add_argument("--split", default="train", help="Split name: shard file prefix and the samples' split field.")
     g.add_argument("--num-frames", type=int, default=8, help="T, frames per AD clip.")
     g.add_argument("--window", type=int, default=16, help="N, ADs per window (stride N, last window short).")
@@ -63,26 +84,46 @@ def _add_build(sub) -> None:
     g.add_argument("--shard-size-mb", type=float, default=1000.0, help="Target shard size when --maxcount is unset.")
     g.add_argument("--short-side", type=int, default=224, help="Frames: resize the short side to this (0 = keep).")
     g.add_argument("--jpeg-quality", type=int, default=90, help="Frames: JPEG quality.")
-    g.add_argument("--max-shift", type=int, default=0,
-                   help="Windows: deterministic per-AD frame jitter of 0..max-shift frames (AutoAD-II train uses 4).")
+    g.add_argument(
+        "--max-shift",
+        type=int,
+        default=0,
+        help="Windows: deterministic per-AD frame jitter of 0..max-shift frames (AutoAD-II train uses 4).",
+    )
     g.add_argument("--shift-seed", type=int, default=0, help="Windows: seed of the per-AD jitter.")
     g = p.add_argument_group("curation (supplementary F)")
     g.add_argument("--split-file", default=None, help="JSON split lists, e.g. ../shared/data/mad_split.json.")
     g.add_argument("--split-key", default=None, help="Which list of --split-file to keep, e.g. EVAL or TRAIN.")
     g.add_argument("--include", default=None, help="Keep only these movies: preset:NAME or a file of ids.")
-    g.add_argument("--exclude", action="append", default=[],
-                   help="Drop these movies: preset:mad-train (3 missing + 3 mismatched MAD-train movies) or a file.")
-    g.add_argument("--duration-ref", default=None,
-                   help="Reference durations: JSON {movie|ttID: minutes} or IMDb title.basics.tsv.")
-    g.add_argument("--duration-unit", choices=["minutes", "seconds"], default="minutes",
-                   help="Unit of the values in a JSON --duration-ref.")
+    g.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        help="Drop these movies: preset:mad-train (3 missing + 3 mismatched MAD-train movies) or a file.",
+    )
+    g.add_argument(
+        "--duration-ref", default=None, help="Reference durations: JSON {movie|ttID: minutes} or IMDb title.basics.tsv."
+    )
+    g.add_argument(
+        "--duration-unit",
+        choices=["minutes", "seconds"],
+        default="minutes",
+        help="Unit of the values in a JSON --duration-ref.",
+    )
     g.add_argument("--imdb-map", default=None, help="movie -> IMDb id JSON (e.g. mad2imdb.json) for --duration-ref.")
-    g.add_argument("--duration-tolerance", type=float, default=60.0, help="Flag movies whose |Δ duration| exceeds this (s).")
-    g.add_argument("--drop-duration-mismatch", action="store_true", help="Drop flagged movies instead of only reporting.")
+    g.add_argument(
+        "--duration-tolerance", type=float, default=60.0, help="Flag movies whose |Δ duration| exceeds this (s)."
+    )
+    g.add_argument(
+        "--drop-duration-mismatch", action="store_true", help="Drop flagged movies instead of only reporting."
+    )
     g = p.add_argument_group("run")
     g.add_argument("--workers", type=int, default=0, help="Encoding processes (0 = in the main process).")
-    g.add_argument("--quick-hash", action="store_true",
-                   help="Hash large sources by size + first/last 16 MiB instead of reading them fully.")
+    g.add_argument(
+        "--quick-hash",
+        action="store_true",
+        help="Hash large sources by size + first/last 16 MiB instead of reading them fully.",
+    )
     g.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
 
 
@@ -99,12 +140,26 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise ValueError("--features is for --kind window; frames shards read pixels from --videos")
     if (args.split_file is None) != (args.split_key is None):
         raise ValueError("--split-file and --split-key go together")
-    opts = BuildOptions(kind=args.kind, split=args.split, num_frames=args.num_frames, window=args.window,
-                        context=args.context, maxcount=args.maxcount, shard_size_mb=args.shard_size_mb,
-                        short_side=args.short_side, jpeg_quality=args.jpeg_quality, max_shift=args.max_shift,
-                        shift_seed=args.shift_seed)
-    anns = read_annotations(args.annotations, fmt=args.format, columns=_parse_columns(args.columns),
-                            bad_utf8=args.bad_utf8, timestamp_field=args.timestamp_field)
+    opts = BuildOptions(
+        kind=args.kind,
+        split=args.split,
+        num_frames=args.num_frames,
+        window=args.window,
+        context=args.context,
+        maxcount=args.maxcount,
+        shard_size_mb=args.shard_size_mb,
+        short_side=args.short_side,
+        jpeg_quality=args.jpeg_quality,
+        max_shift=args.max_shift,
+        shift_seed=args.shift_seed,
+    )
+    anns = read_annotations(
+        args.annotations,
+        fmt=args.format,
+        columns=_parse_columns(args.columns),
+        bad_utf8=args.bad_utf8,
+        timestamp_field=args.timestamp_field,
+    )
     by_movie = anns.by_movie()
     sources = [source_record("annotations", args.annotations)]
     pre_drops: dict[str, tuple[int, int]] = {}
@@ -137,8 +192,15 @@ def cmd_build(args: argparse.Namespace) -> int:
             if d is None and features is not None and movie in features:
                 d = features.num_frames(movie) / features.fps
             durations[movie] = d
-    report = curate(sorted(by_movie), include=include, exclude=exclude, durations=durations, reference=reference,
-                    drop_duration_mismatch=args.drop_duration_mismatch, tolerance_s=args.duration_tolerance)
+    report = curate(
+        sorted(by_movie),
+        include=include,
+        exclude=exclude,
+        durations=durations,
+        reference=reference,
+        drop_duration_mismatch=args.drop_duration_mismatch,
+        tolerance_s=args.duration_tolerance,
+    )
     for reason in sorted(set(report.dropped.values())):
         ms = [m for m, r in report.dropped.items() if r == reason]
         pre_drops[reason] = (len(ms), sum(len(by_movie[m]) for m in ms))
@@ -157,16 +219,30 @@ def cmd_build(args: argparse.Namespace) -> int:
         "missing_requested": report.missing_requested,
         "annotation_issues": [list(i) for i in anns.issues],
     }
-    result = build_shards(args.out, by_movie, opts, movies=report.kept, features_path=args.features,
-                          video_dir=args.videos, sources=sources, curation=curation, pre_drops=pre_drops,
-                          workers=args.workers, progress=not args.no_progress)
+    result = build_shards(
+        args.out,
+        by_movie,
+        opts,
+        movies=report.kept,
+        features_path=args.features,
+        video_dir=args.videos,
+        sources=sources,
+        curation=curation,
+        pre_drops=pre_drops,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
     print(result.summary)
     if report.duration_flags:
-        print(f"duration flags (|Δ| > {args.duration_tolerance:.0f} s): "
-              + ", ".join(f"{m} ({d / 60:.1f} vs {r / 60:.1f} min)" for m, (d, r) in report.duration_flags.items()))
+        print(
+            f"duration flags (|Δ| > {args.duration_tolerance:.0f} s): "
+            + ", ".join(f"{m} ({d / 60:.1f} vs {r / 60:.1f} min)" for m, (d, r) in report.duration_flags.items())
+        )
     totals = result.manifest["totals"]
-    print(f"built {len(result.built)} shard(s), skipped {len(result.skipped)} complete one(s); "
-          f"{totals['samples']} samples, {totals['bytes'] / 1e6:.1f} MB in {result.out_dir}")
+    print(
+        f"built {len(result.built)} shard(s), skipped {len(result.skipped)} complete one(s); "
+        f"{totals['samples']} samples, {totals['bytes'] / 1e6:.1f} MB in {result.out_dir}"
+    )
     return 0
 
 
@@ -221,11 +297,21 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     if not args.videos and not args.features:
         raise ValueError("pass --videos and/or --features (what SynthMAD should render)")
-    meta = write_synthmad(args.out, movies=args.movies, ads_per_movie=args.ads_per_movie, seed=args.seed,
-                          videos=args.videos, features=args.features, feature_dim=args.feature_dim,
-                          video_size=args.video_size, eval_movies=args.eval_movies)
-    print(f"SynthMAD: {len(meta['movies'])} movies, {meta['ads']} ADs in {args.out} "
-          f"({', '.join(k for k in ('videos', 'features') if k in meta)})")
+    meta = write_synthmad(
+        args.out,
+        movies=args.movies,
+        ads_per_movie=args.ads_per_movie,
+        seed=args.seed,
+        videos=args.videos,
+        features=args.features,
+        feature_dim=args.feature_dim,
+        video_size=args.video_size,
+        eval_movies=args.eval_movies,
+    )
+    print(
+        f"SynthMAD: {len(meta['movies'])} movies, {meta['ads']} ADs in {args.out} "
+        f"({', '.join(k for k in ('videos', 'features') if k in meta)})"
+    )
     return 0
 
 

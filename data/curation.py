@@ -137,8 +137,11 @@ def curate(
     if include_set is not None:
         report.missing_requested = sorted(include_set - present)
         if report.missing_requested:
-            logger.warning("%d requested movies have no annotations: %s", len(report.missing_requested),
-                           ", ".join(report.missing_requested[:10]))
+            logger.warning(
+                "%d requested movies have no annotations: %s",
+                len(report.missing_requested),
+                ", ".join(report.missing_requested[:10]),
+            )
     for movie in sorted(movies):
         if include_set is not None and movie not in include_set:
             report.dropped[movie] = "not in split/include list"
@@ -150,8 +153,14 @@ def curate(
             dur, ref = durations.get(movie), reference.get(movie)
             if dur is not None and ref is not None and abs(dur - ref) > tolerance_s:
                 report.duration_flags[movie] = (dur, ref)
-                logger.warning("%s: duration %.1f min vs reference %.1f min (|Δ| > %.0f s)%s", movie, dur / 60,
-                               ref / 60, tolerance_s, "; dropped" if drop_duration_mismatch else "")
+                logger.warning(
+                    "%s: duration %.1f min vs reference %.1f min (|Δ| > %.0f s)%s",
+                    movie,
+                    dur / 60,
+                    ref / 60,
+                    tolerance_s,
+                    "; dropped" if drop_duration_mismatch else "",
+                )
                 if drop_duration_mismatch:
                     report.dropped[movie] = "duration mismatch"
                     continue

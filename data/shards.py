@@ -200,8 +200,9 @@ def make_plan(
             continue
         ads_per_movie[movie] = len(kept)
         if opts.kind == "frames":
-            units.extend(Unit(sample_key(movie, a.ad_index), movie, [(a.ad_index, a.start, a.end, a.sentence)])
-                         for a in kept)
+            units.extend(
+                Unit(sample_key(movie, a.ad_index), movie, [(a.ad_index, a.start, a.end, a.sentence)]) for a in kept
+            )
         else:
             units.extend(_window_units(movie, kept, opts))
     feature_dim = features.dim() if features is not None else None
@@ -266,10 +267,19 @@ def _encode_frames(unit: Unit, opts: BuildOptions, reader) -> dict:
 
     ad_index, start, end, sentence = unit.ads[0]
     images = reader.clip(start, end, opts.num_frames)
-    meta = {"movie": unit.movie, "ad_index": ad_index, "start": start, "end": end, "sentence": sentence,
-            "split": opts.split}
-    sample = {"__key__": unit.key, "json": json.dumps(meta, ensure_ascii=False).encode("utf-8"),
-              "txt": sentence.encode("utf-8")}
+    meta = {
+        "movie": unit.movie,
+        "ad_index": ad_index,
+        "start": start,
+        "end": end,
+        "sentence": sentence,
+        "split": opts.split,
+    }
+    sample = {
+        "__key__": unit.key,
+        "json": json.dumps(meta, ensure_ascii=False).encode("utf-8"),
+        "txt": sentence.encode("utf-8"),
+    }
     for i, img in enumerate(images):
         sample[f"{i:02d}.jpg"] = encode_jpeg(img, opts.jpeg_quality)
     return sample
@@ -327,8 +337,12 @@ def _jobs_for_shard(index: int, units: list[Unit]) -> list[tuple[int, list[Unit]
 
 def _plan_hash(opts: BuildOptions, sources: list[dict], plan: Plan) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"version": BUILDER_VERSION, "options": asdict(opts), "sources": [s["sha256"] for s in sources]},
-                        sort_keys=True).encode())
+    h.update(
+        json.dumps(
+            {"version": BUILDER_VERSION, "options": asdict(opts), "sources": [s["sha256"] for s in sources]},
+            sort_keys=True,
+        ).encode()
+    )
     for shard in plan.shards:
         h.update(b"|" + "\n".join(u.key for u in shard).encode())
     return h.hexdigest()
@@ -342,8 +356,10 @@ def _load_manifest(out: Path) -> dict | None:
 
 
 def _summary_table(stats: dict) -> str:
-    rows = [("movies read", stats["movies_read"], stats["ads_read"]),
-            ("kept (written)", stats["movies_kept"], stats["ads_kept"])]
+    rows = [
+        ("movies read", stats["movies_read"], stats["ads_read"]),
+        ("kept (written)", stats["movies_kept"], stats["ads_kept"]),
+    ]
     for reason, (movies, ads) in sorted(stats["dropped"].items()):
         rows.append((f"dropped: {reason}", movies, ads))
     width = max(len(r[0]) for r in rows)
@@ -408,12 +424,19 @@ def build_shards(
     for i, name in enumerate(names):
         rec = old_shards.get(name)
         path = out / name
-        if rec is not None and path.is_file() and path.stat().st_size == rec["bytes"] and file_sha256(path) == rec["sha256"]:
+        if (
+            rec is not None
+            and path.is_file()
+            and path.stat().st_size == rec["bytes"]
+            and file_sha256(path) == rec["sha256"]
+        ):
             skipped.append(name)
         else:
             todo.append(i)
     if skipped:
-        logger.info("%d/%d shards already complete (sha256 matches the manifest); skipping them", len(skipped), len(names))
+        logger.info(
+            "%d/%d shards already complete (sha256 matches the manifest); skipping them", len(skipped), len(names)
+        )
 
     shard_records: dict[str, dict] = {n: old_shards[n] for n in skipped}
     manifest = {
@@ -487,8 +510,12 @@ def build_shards(
                 os.chmod(out / names[index], 0o644)
                 tmp_ctx = None
                 shard_records[names[index]] = {
-                    "file": names[index], "samples": shard_stats["samples"], "bytes": size, "sha256": sha,
-                    "movies": shard_stats["movies"], "ads": shard_stats["ads"],
+                    "file": names[index],
+                    "samples": shard_stats["samples"],
+                    "bytes": size,
+                    "sha256": sha,
+                    "movies": shard_stats["movies"],
+                    "ads": shard_stats["ads"],
                     "dropped": dict(shard_stats["dropped"]),
                 }
                 built.append(names[index])
@@ -530,6 +557,8 @@ def build_shards(
     manifest["stats"] = stats
     write_manifest(complete=True)
     atomic_write_json(out / "sizes.json", {n: shard_records[n]["samples"] for n in names})
+    for meta_file in ("manifest.json", "sizes.json"):  # the atomic helper's temp files are private (0600)
+        os.chmod(out / meta_file, 0o644)
     summary = _summary_table(stats)
     return BuildResult(str(out), manifest, built, skipped, summary)
 
@@ -597,6 +626,10 @@ def verify_shards(out_dir: str | os.PathLike, *, deep: bool = False) -> VerifyRe
 
 def source_record(role: str, path: str | os.PathLike, quick: bool = False) -> dict:
     """A manifest ``sources`` entry for one input file."""
-    return {"role": role, "path": str(path), "bytes": os.path.getsize(path),
-            "sha256": file_sha256(path, quick=quick), "hash": "quick" if quick else "full"}
-
+    return {
+        "role": role,
+        "path": str(path),
+        "bytes": os.path.getsize(path),
+        "sha256": file_sha256(path, quick=quick),
+        "hash": "quick" if quick else "full",
+    }

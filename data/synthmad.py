@@ -51,8 +51,14 @@ SCENES = {  # location: (background RGB, pattern)
 }
 ACTIONS = ["opens", "closes", "picks up", "drops", "paints", "carries", "throws", "cleans"]
 OBJECTS = ["door", "box", "letter", "cup", "lamp", "ball", "book", "key"]
-COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 180, 60), "yellow": (240, 220, 30),
-           "white": (245, 245, 245), "black": (15, 15, 15)}
+COLOURS = {
+    "red": (220, 30, 30),
+    "blue": (30, 60, 220),
+    "green": (30, 180, 60),
+    "yellow": (240, 220, 30),
+    "white": (245, 245, 245),
+    "black": (15, 15, 15),
+}
 
 
 @dataclass(frozen=True)

@@ -36,18 +36,23 @@ METRIC_NAMES = {
     "spice": ["SPICE"],
 }
 JAVA_HINT = "install a Java runtime, e.g. `apt-get install default-jre-headless`"
+_working_java: set[str] = set()
 
 
 def check_java() -> None:
     """Fail early, with the fix, when Java is missing: the PTB tokenizer, METEOR and SPICE all run on it."""
     java = shutil.which("java")
     if java is None:
-        raise EvalEnvironmentError(f"Java is needed by the PTB tokenizer and METEOR (pycocoevalcap) but `java` is "
-                                   f"not on PATH; {JAVA_HINT}")
+        raise EvalEnvironmentError(
+            f"Java is needed by the PTB tokenizer and METEOR (pycocoevalcap) but `java` is not on PATH; {JAVA_HINT}"
+        )
+    if java in _working_java:
+        return
     try:
         subprocess.run([java, "-version"], capture_output=True, check=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as e:
         raise EvalEnvironmentError(f"`{java} -version` failed ({e}); {JAVA_HINT}") from None
+    _working_java.add(java)  # one JVM start per process is enough to know it runs
 
 
 def _package_dir(sub: str) -> str:
@@ -66,8 +71,10 @@ def spice_unavailable_reason() -> str | None:
     needed = [os.path.join(lib, f"stanford-corenlp-3.6.0{s}.jar") for s in ("", "-models")]
     missing = [p for p in needed if not os.path.isfile(p)]
     if missing:
-        return (f"Stanford CoreNLP 3.6.0 models not found ({missing[0]}); fetch them once with "
-                "`python -m pycocoevalcap.spice.get_stanford_models` on a machine with internet")
+        return (
+            f"Stanford CoreNLP 3.6.0 models not found ({missing[0]}); fetch them once with "
+            "`python -m pycocoevalcap.spice.get_stanford_models` on a machine with internet"
+        )
     return None
 
 
@@ -80,8 +87,10 @@ def ptb_tokenize(sentences: Sequence[str]) -> list[str]:
 
     tok_dir = _package_dir("tokenizer")
     if not os.access(tok_dir, os.W_OK):
-        raise EvalEnvironmentError(f"pycocoevalcap's PTBTokenizer writes a temporary file into {tok_dir}, "
-                                   "which is not writable; install pycocoevalcap where you can write")
+        raise EvalEnvironmentError(
+            f"pycocoevalcap's PTBTokenizer writes a temporary file into {tok_dir}, "
+            "which is not writable; install pycocoevalcap where you can write"
+        )
     clean = [collapse_whitespace(s) for s in sentences]
     todo = {i: [{"caption": s}] for i, s in enumerate(clean) if s}
     out = PTBTokenizer().tokenize(todo) if todo else {}
@@ -145,10 +154,15 @@ def score_tokenized(
             try:
                 score, _ = scorer.compute_score(gts, res)
                 overall["METEOR"] = 100 * score
+                t1 = time.perf_counter()
+                # METEOR is a corpus statistic (not a mean of segment scores): score each group on its own
                 for g, ids in tqdm(members.items(), desc="METEOR per movie", disable=_disable(progress)):
                     per_group[g]["METEOR"] = 100 * scorer.compute_score(subset(gts, ids), subset(res, ids))[0]
+                timings["meteor_per_group"] = time.perf_counter() - t1
             finally:
                 del scorer  # its __del__ stops the Java process
+            timings["meteor"] = t1 - t0
+            continue
         elif metric in ("rouge", "cider", "spice"):
             if metric == "spice":
                 reason = spice_unavailable_reason()

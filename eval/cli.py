@@ -48,16 +48,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--pred", required=True, help="Predictions JSONL: one {movie, ad_index | start+end, text} a line.")
     p.add_argument(
-        "--gt", required=True,
+        "--gt",
+        required=True,
         help="Ground truth: an annotation CSV / MAD JSON, or window shards (a directory, a glob or one .tar).",
     )
     p.add_argument("--out", default=None, help="Report prefix: writes PREFIX.json and PREFIX.md (default: print only).")
     p.add_argument(
-        "--allow-missing", action="store_true",
+        "--allow-missing",
+        action="store_true",
         help="Score what matches instead of failing on missing, duplicate, unknown or empty predictions.",
     )
     p.add_argument(
-        "--metrics", type=_metrics, default=list(CAPTION_METRICS),
+        "--metrics",
+        type=_metrics,
+        default=list(CAPTION_METRICS),
         help="Comma-separated caption metrics among bleu,meteor,rouge,cider,spice, or none (default: all; SPICE "
         "is skipped with a notice when its Stanford models are absent).",
     )
@@ -67,32 +71,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-recall", action="store_true", help="Skip Recall@k/N.")
     p.add_argument("--backend", choices=BACKENDS, default="lexical", help="Similarity backend for Recall@k/N.")
     p.add_argument(
-        "--backend-model", default=None,
+        "--backend-model",
+        default=None,
         help="Local model directory for the embedding backend (an HF encoder) or bertscore (roberta-large).",
     )
     p.add_argument("--device", default=None, help="Torch device for model backends (default: cpu / bert-score's).")
     p.add_argument(
-        "--time-tolerance", type=float, default=DEFAULT_TIME_TOLERANCE,
+        "--time-tolerance",
+        type=float,
+        default=DEFAULT_TIME_TOLERANCE,
         help="Seconds within which a prediction's start/end must match a GT AD (for predictions without ad_index).",
     )
     p.add_argument(
-        "--gt-format", choices=["csv", "mad-json", "shards"], default=None,
+        "--gt-format",
+        choices=["csv", "mad-json", "shards"],
+        default=None,
         help="Ground-truth format (default: from the path).",
     )
     p.add_argument(
-        "--gt-columns", type=_columns, default=None,
+        "--gt-columns",
+        type=_columns,
+        default=None,
         help="CSV column mapping, e.g. movie=film,sentence=text,start=t0,end=t1.",
     )
     p.add_argument(
-        "--bad-utf8", choices=["error", "repair", "drop"], default="repair",
+        "--bad-utf8",
+        choices=["error", "repair", "drop"],
+        default="repair",
         help="Invalid UTF-8 bytes in the annotation file: fail, replace by U+FFFD (logged), or drop the row.",
     )
     p.add_argument(
-        "--timestamp-field", choices=["timestamps", "ext_timestamps"], default="timestamps",
+        "--timestamp-field",
+        choices=["timestamps", "ext_timestamps"],
+        default="timestamps",
         help="MAD JSON field holding [start, end].",
     )
     p.add_argument(
-        "--replace-names", default=None,
+        "--replace-names",
+        default=None,
         help="Replace these character names by 'someone' in predictions and GT: a file (one a line, or JSON) or "
         "a comma-separated list.",
     )
@@ -101,7 +117,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mlflow-experiment", default=None, help="Log metrics and the report to this MLflow experiment.")
     p.add_argument("--mlflow-run-name", default=None, help="MLflow run name (default: the predictions file name).")
     p.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
-    p.add_argument("--log-level", default="INFO", help="Logging level.")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="Logging level.")
     args = p.parse_args(argv)
     if args.recall_n < 1 or any(k < 1 or k > args.recall_n for k in args.recall_k):
         p.error(f"--recall-k must lie in [1, --recall-n={args.recall_n}], got {args.recall_k}")
@@ -112,8 +128,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Run the evaluation; returns the result dict (also written/printed)."""
+def main(argv: list[str] | None = None) -> None:
+    """Run the evaluation: print the Markdown report, write PREFIX.json/.md, log to MLflow when asked.
+
+    Returns nothing, so that the console-script wrapper's ``sys.exit(main())`` exits with status 0.
+    """
     args = parse_args(argv)
     init_logger(args.log_level.upper())
     progress = False if args.no_progress else None
@@ -121,12 +140,16 @@ def main(argv: list[str] | None = None) -> dict:
         normalizer = Normalizer.from_options(args.replace_names, args.lowercase, args.strip_punct)
         preds = read_predictions(args.pred)
         refs = read_references(
-            args.gt, fmt=args.gt_format, columns=args.gt_columns, bad_utf8=args.bad_utf8,
+            args.gt,
+            fmt=args.gt_format,
+            columns=args.gt_columns,
+            bad_utf8=args.bad_utf8,
             timestamp_field=args.timestamp_field,
         )
         logger.info("%d predictions, %d ground-truth ADs", len(preds), len(refs))
         result = evaluate(
-            preds, refs,
+            preds,
+            refs,
             metrics=args.metrics,
             recall_k=None if args.no_recall else args.recall_k,
             recall_n=args.recall_n,
@@ -152,7 +175,6 @@ def main(argv: list[str] | None = None) -> dict:
         run_name = args.mlflow_run_name or os.path.splitext(os.path.basename(args.pred))[0]
         run_id = log_to_mlflow(result, args.mlflow_experiment, run_name=run_name, params=params, artifacts=paths)
         logger.info("logged to MLflow experiment %r, run %s", args.mlflow_experiment, run_id)
-    return result
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from distinctad.eval.captions import CAPTION_METRICS, METRIC_NAMES, caption_metrics
+from distinctad.eval.captions import CAPTION_METRICS, METRIC_NAMES, caption_metrics, check_java
 from distinctad.eval.errors import EvalInputError
 from distinctad.eval.inputs import (
     DEFAULT_TIME_TOLERANCE,
@@ -95,19 +95,23 @@ def evaluate(
     stride = default_stride(recall_n) if recall_stride is None else recall_stride
     if stride < 1:
         raise EvalInputError(f"recall stride must be >= 1, got {stride}")
-    # Build the backend before the slow metrics so a missing model fails in a second, not after METEOR.
+    # Check Java and build the backend first, so a missing dependency fails in a second, not after METEOR.
+    if metrics:
+        check_java()
     sim_backend = backend
     if ks and isinstance(backend, str):
         sim_backend = build_backend(backend, model=backend_model, device=device)
 
-    preds = [p if isinstance(p, Prediction) else parse_prediction(p, f"predictions[{i}]")
-             for i, p in enumerate(predictions)]
+    preds = [
+        p if isinstance(p, Prediction) else parse_prediction(p, f"predictions[{i}]") for i, p in enumerate(predictions)
+    ]
     refs = as_references(references)
     matched = match(preds, refs, time_tolerance=time_tolerance)
     problems = matched.problems()
     if problems and not allow_missing:
         raise EvalInputError(
-            "predictions do not match the ground truth: " + " | ".join(problems)
+            "predictions do not match the ground truth: "
+            + " | ".join(problems)
             + " (fix the predictions, or pass --allow-missing / allow_missing=True)"
         )
     for line in problems:
@@ -155,8 +159,13 @@ def evaluate(
         if rec.num_windows == 0:
             notices.append(f"R@k/{recall_n}: no movie has {recall_n} matched ADs, so there is no window to score")
         timings["recall"] = time.perf_counter() - t0
-        recall_meta = {"N": recall_n, "stride": stride, "ks": list(ks), "windows": rec.num_windows,
-                       "tie_rule": TIE_RULE}
+        recall_meta = {
+            "N": recall_n,
+            "stride": stride,
+            "ks": list(ks),
+            "windows": rec.num_windows,
+            "tie_rule": TIE_RULE,
+        }
     timings["total"] = time.perf_counter() - t_start
     for line in notices:
         logger.info("%s", line)
@@ -169,8 +178,9 @@ def evaluate(
         "backend": backend_name,
         "recall": recall_meta,
         "matching": matched.summary(),
-        "normalization": normalize.describe() if isinstance(normalize, Normalizer) else (
-            None if normalize is None else repr(normalize)),
+        "normalization": normalize.describe()
+        if isinstance(normalize, Normalizer)
+        else (None if normalize is None else repr(normalize)),
         "notices": notices,
         "timings_s": timings,
     }
@@ -259,16 +269,23 @@ def log_to_mlflow(
     metrics = {f"eval/{mlflow_metric_name(k)}": v for k, v in result.items() if isinstance(v, (int, float))}
     for movie, scores in result.get("per_movie", {}).items():
         safe = "".join(c if c.isalnum() or c in "_-." else "_" for c in movie)
-        metrics.update({f"eval/movie/{safe}/{mlflow_metric_name(k)}": v for k, v in scores.items()
-                        if isinstance(v, (int, float)) and v is not None})
+        metrics.update(
+            {
+                f"eval/movie/{safe}/{mlflow_metric_name(k)}": v
+                for k, v in scores.items()
+                if isinstance(v, (int, float)) and v is not None
+            }
+        )
     with mlflow.start_run(run_name=run_name) as run:
         meta = result.get("meta", {})
-        mlflow.log_params({
-            **{k: str(v) for k, v in (params or {}).items()},
-            "num_ads": meta.get("num_ads"),
-            "num_movies": meta.get("num_movies"),
-            "backend": str(meta.get("backend")),
-        })
+        mlflow.log_params(
+            {
+                **{k: str(v) for k, v in (params or {}).items()},
+                "num_ads": meta.get("num_ads"),
+                "num_movies": meta.get("num_movies"),
+                "backend": str(meta.get("backend")),
+            }
+        )
         mlflow.log_metrics(metrics)
         for path in artifacts:
             mlflow.log_artifact(path)

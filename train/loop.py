@@ -198,7 +198,8 @@ def _train(task: Task, engine, cfg: Any, state: TrainState, tracker: Tracker, ck
     if state.step >= train.max_steps:
         val = _evaluate(task, engine, tracker, state.step)
     summary = {"step": state.step, "epoch": state.epoch, "samples_seen": state.samples_seen,
-               "nonfinite_skipped": state.nonfinite_skipped, "world_size": D.get_world_size(), "finished": state.step >= train.max_steps, **val}
+               "nonfinite_skipped": state.nonfinite_skipped, "world_size": D.get_world_size(),
+               "finished": state.step >= train.max_steps, **val}
     if D.is_master():
         atomic_write_json(Path(cfg.run.out_dir) / "summary.json", summary)
         logger.info("summary: %s", json.dumps(summary))

@@ -144,6 +144,8 @@ class Stage1Loss(nn.Module):
         Returns:
             dict(loss, global_loss, mil_loss), scalars; ``loss`` is what to backpropagate.
         """
+        # Loss math in fp32 whatever the model runs in (bf16 logits over a large gathered batch lose the ranking).
+        frame_emb, text_emb, word_emb, logit_scale = (x.float() for x in (frame_emb, text_emb, word_emb, logit_scale))
         video_emb = pool_video(frame_emb)  # (B, E)
         global_loss = self.clip_loss(video_emb, text_emb, logit_scale)
         if self.cfg.lambda_mil == 0:

@@ -90,6 +90,12 @@ class MLflowLogger(BaseLogger):
                 return
         try:
             mlflow.set_tracking_uri(uri)
+            if mlflow.get_experiment_by_name(experiment) is None and not uri.startswith(("http://", "https://")):
+                # local stores keep artifacts in ./mlartifacts, beside mlflow.db (MLflow's server layout)
+                try:
+                    mlflow.create_experiment(experiment, artifact_location=Path("mlartifacts").resolve().as_uri())
+                except mlflow.exceptions.MlflowException:
+                    pass  # another job created it first
             mlflow.set_experiment(experiment)
             tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
             self.run = mlflow.start_run(run_name=run_name, tags=tags)

@@ -110,49 +110,53 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _dist_worker(rank, world, port, data, cfg_kwargs, out_dir):
+CONFIGS = [dict(local_loss=True, mil_mode="max"), dict(local_loss=False, mil_mode="logsumexp", lambda_mil=0.3)]
+
+
+def _dist_worker(rank, world, port, data, out_dir):
+    torch.set_num_threads(1)  # two ranks on a small CPU
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         B = data["frames"].shape[0] // world
         sl = slice(rank * B, (rank + 1) * B)
         width = data["widths"][rank]  # ranks see different word widths: exercises the padding before gathering
-        frames = data["frames"][sl].clone().requires_grad_(True)
-        text = data["text"][sl].clone().requires_grad_(True)
-        scale = data["scale"].clone().requires_grad_(True)
-        loss_fn = Stage1Loss(Stage1LossConfig(**cfg_kwargs), rank=rank, world_size=world)
-        out = loss_fn(frames, text, data["words"][sl, :width], data["mask"][sl, :width], scale)
-        out["loss"].backward()
-        torch.save({**{k: v.detach() for k, v in out.items()}, "frames_grad": frames.grad, "text_grad": text.grad,
-                    "scale_grad": scale.grad}, f"{out_dir}/rank{rank}.pt")
+        for i, cfg_kwargs in enumerate(CONFIGS):  # one process group for all configs: spawning is the slow part
+            frames = data["frames"][sl].clone().requires_grad_(True)
+            text = data["text"][sl].clone().requires_grad_(True)
+            scale = data["scale"].clone().requires_grad_(True)
+            loss_fn = Stage1Loss(Stage1LossConfig(**cfg_kwargs), rank=rank, world_size=world)
+            out = loss_fn(frames, text, data["words"][sl, :width], data["mask"][sl, :width], scale)
+            out["loss"].backward()
+            torch.save({**{k: v.detach() for k, v in out.items()}, "frames_grad": frames.grad,
+                        "text_grad": text.grad, "scale_grad": scale.grad}, f"{out_dir}/cfg{i}_rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cfg_kwargs", [dict(local_loss=True, mil_mode="max"),
-                                        dict(local_loss=False, mil_mode="logsumexp", lambda_mil=0.3)])
-def test_gathered_negatives_match_full_batch(tmp_path, cfg_kwargs):
+def test_gathered_negatives_match_full_batch(tmp_path):
     world = 2
     frames, text, words, mask = _random_batch(B=4, W=5)  # rank 0's ADs have <= 3 words, rank 1's <= 5
     data = dict(frames=frames, text=text, words=words, mask=mask, scale=torch.tensor(5.0), widths=[3, 5])
-    mp.spawn(_dist_worker, args=(world, _free_port(), data, cfg_kwargs, str(tmp_path)), nprocs=world, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    mp.spawn(_dist_worker, args=(world, _free_port(), data, str(tmp_path)), nprocs=world, join=True)
 
-    f = frames.clone().requires_grad_(True)
-    t = text.clone().requires_grad_(True)
-    s = torch.tensor(5.0, requires_grad=True)
-    full = Stage1Loss(Stage1LossConfig(**cfg_kwargs))(f, t, words, mask, s)
-    full["loss"].backward()
+    for i, cfg_kwargs in enumerate(CONFIGS):
+        ranks = [torch.load(tmp_path / f"cfg{i}_rank{r}.pt") for r in range(world)]
+        f = frames.clone().requires_grad_(True)
+        t = text.clone().requires_grad_(True)
+        s = torch.tensor(5.0, requires_grad=True)
+        full = Stage1Loss(Stage1LossConfig(**cfg_kwargs))(f, t, words, mask, s)
+        full["loss"].backward()
 
-    for key in ("loss", "global_loss", "mil_loss"):
-        if cfg_kwargs["local_loss"]:  # each rank: its local clips' share; their mean is the full-batch loss
-            torch.testing.assert_close((ranks[0][key] + ranks[1][key]) / 2, full[key])
-        else:  # each rank holds the full-batch loss
-            for r in ranks:
-                torch.testing.assert_close(r[key], full[key])
-    # Gradients on local embeddings are world_size x the full-batch ones (the data-parallel average divides).
-    for r in range(world):
-        sl = slice(2 * r, 2 * r + 2)
-        torch.testing.assert_close(ranks[r]["frames_grad"] / world, f.grad[sl])
-        torch.testing.assert_close(ranks[r]["text_grad"] / world, t.grad[sl])
-    torch.testing.assert_close((ranks[0]["scale_grad"] + ranks[1]["scale_grad"]) / world, s.grad)
+        for key in ("loss", "global_loss", "mil_loss"):
+            if cfg_kwargs["local_loss"]:  # each rank: its local clips' share; their mean is the full-batch loss
+                torch.testing.assert_close((ranks[0][key] + ranks[1][key]) / 2, full[key])
+            else:  # each rank holds the full-batch loss
+                for r in ranks:
+                    torch.testing.assert_close(r[key], full[key])
+        # Gradients on local embeddings are world_size x the full-batch ones (the data-parallel average divides).
+        for r in range(world):
+            sl = slice(2 * r, 2 * r + 2)
+            torch.testing.assert_close(ranks[r]["frames_grad"] / world, f.grad[sl])
+            torch.testing.assert_close(ranks[r]["text_grad"] / world, t.grad[sl])
+        torch.testing.assert_close((ranks[0]["scale_grad"] + ranks[1]["scale_grad"]) / world, s.grad)

@@ -22,7 +22,7 @@ from distinctad.train.models.clip_ad import (
 )
 from distinctad.train.stage1_losses import Stage1Loss, Stage1LossConfig
 
-TEXTS = ["Ana opens the red door.", "Bob, smiling, drives away", "She nods."]
+TEXTS = ["Ana opens the red door!", "Bob, smiling, drives away", "She nods."]
 
 
 def _text_state(model):
@@ -64,6 +64,19 @@ def test_partial_vision_unfreezing():
     assert not any(n.startswith("clip.transformer") or "token_embedding" in n for n in trainable)
     with pytest.raises(ValueError, match="trainable_vision_blocks"):
         build_clip_ad(TINY_MODEL, trainable_vision_blocks=3)
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    images = torch.randn(2, 2, 3, 32, 32)
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = build_clip_ad(TINY_MODEL, trainable_vision_blocks=1, grad_checkpointing=ckpt).train()
+        Stage1Loss()(**model(images, TEXTS[:2]))["loss"].backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n])
 
 
 def test_text_token_outputs_and_words(tiny_model):
@@ -124,6 +137,7 @@ def test_missing_weights_give_one_line_error(tmp_path):
     msg = str(err.value)
     assert "\n" not in msg and str(missing) in msg and "place open_clip_pytorch_model.bin" in msg
     (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "open_clip_config.json").write_text("{}")  # a config alone is no checkpoint
     with pytest.raises(WeightsNotFoundError, match="no CLIP checkpoint in"):
         create_clip(TINY_MODEL, str(tmp_path / "empty"))
     # A known open_clip tag that is not in the (empty) cache: an error naming the source, never a download.

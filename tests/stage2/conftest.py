@@ -14,8 +14,13 @@ SENTENCES = [f"{n} {a}." for n in NAMES for a in ACTIONS]
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_one_thread():
+    """Fixed seed; one intra-op thread, since tiny tensors only lose time to thread hand-offs on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +44,9 @@ def window_batch(B: int = 2, N: int = 4, T: int = 3, D: int = 16, valid: tuple[i
     ad_index = torch.where(clip_mask, torch.arange(N).expand(B, N), torch.full((B, N), -1))
     return dict(feats=feats, frame_mask=frame_mask, clip_mask=clip_mask, sentences=sentences, context=context,
                 movie=["m0", "m1"][:B], ad_index=ad_index, key=[f"m{b}__000000" for b in range(B)])
+
+
+@pytest.fixture
+def make_batch():
+    """The ``window_batch`` factory (a fixture, so test modules need not import conftest)."""
+    return window_batch

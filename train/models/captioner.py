@@ -88,7 +88,7 @@ class CaptionerConfig:
     """AD tokens kept for the loss (the <eos> comes on top)."""
     # ---- LLM
     llm: str = "gpt2"
-    """Causal LM: a local HF directory or hub-cache id (GPT-2 default, LLaMA-3-8B by path), "tiny-gpt2", "tiny-llama"."""
+    """Causal LM: local HF directory or hub-cache id (GPT-2 default; LLaMA-3-8B by path), "tiny-gpt2", "tiny-llama"."""
     tokenizer: str | None = None
     """Tokenizer directory (default: the LLM's; tiny LLMs need a trained one, see llm.train_bpe_tokenizer)."""
     llm_dtype: str | None = None
@@ -341,22 +341,21 @@ class DistinctADCaptioner(nn.Module):
         return result
 
     @torch.no_grad()
-    def generate(self, prepared: dict[str, torch.Tensor], tokenizer, num_beams: int = 5,
-                 repetition_penalty: float = 1.2, no_repeat_ngram_size: int = 3, max_new_tokens: int = 67,
-                 **generate_kwargs) -> list[list[str]]:
-        """Generate one AD per valid clip with HF ``generate`` on ``inputs_embeds`` (eval mode, μ frozen).
+    def generate_ids(self, prepared: dict[str, torch.Tensor], num_beams: int = 5, repetition_penalty: float = 1.2,
+                     no_repeat_ngram_size: int = 3, max_new_tokens: int = 67, **generate_kwargs) -> torch.Tensor:
+        """Generated token ids of every valid clip (eval mode, μ frozen; the previous mode is restored).
 
         The LLM sees [prompt][context][<bos>] (left-padded) and continues with the AD until <eos>. The text
         context is the ground-truth previous ADs that ``prepare_batch`` put in ``gen_ids``.
 
         Args:
             prepared: output of ``prepare_batch`` (the text_* entries are not used).
-            tokenizer: decodes the generated ids.
             num_beams, repetition_penalty, no_repeat_ngram_size, max_new_tokens: decoding (paper: 5, 1.2, 3, 67).
-            **generate_kwargs: passed to HF ``generate`` (they override the defaults above).
+            **generate_kwargs: passed to HF ``generate`` (they override the defaults; min_new_tokens=1 keeps an
+                AD from being empty).
 
         Returns:
-            Per window, the ADs of its valid clips in clip order (``clip_mask`` True positions).
+            (V, new_tokens) ids, window-major over the valid clips, padded with pad after <eos>.
         """
         was_training = self.training
         self.eval()
@@ -375,18 +374,30 @@ class DistinctADCaptioner(nn.Module):
                 attn[v, S - r.shape[0]:] = 1
             kwargs = dict(num_beams=num_beams, repetition_penalty=repetition_penalty,
                           no_repeat_ngram_size=no_repeat_ngram_size, max_new_tokens=max_new_tokens,
-                          min_new_tokens=1, do_sample=False, early_stopping=True, pad_token_id=self.pad_id,
-                          eos_token_id=self.eos_id, bos_token_id=self.bos_id)
+                          min_new_tokens=1, do_sample=False, pad_token_id=self.pad_id, eos_token_id=self.eos_id,
+                          bos_token_id=self.bos_id)
             kwargs.update(generate_kwargs)
             with warnings.catch_warnings():
                 # Without input_ids the penalties see only the generated AD, not the prompt and context: intended.
                 warnings.filterwarnings("ignore", message=r"Passing `\w+` with `inputs_embeds`")
-                out = self.llm.generate(inputs_embeds=inputs, attention_mask=attn, **kwargs)  # (V, new tokens)
-            texts = [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
+                return self.llm.generate(inputs_embeds=inputs, attention_mask=attn, **kwargs)  # (V, new tokens)
         finally:
             self.train(was_training)
+
+    def generate(self, prepared: dict[str, torch.Tensor], tokenizer, num_beams: int = 5,
+                 repetition_penalty: float = 1.2, no_repeat_ngram_size: int = 3, max_new_tokens: int = 67,
+                 **generate_kwargs) -> list[list[str]]:
+        """Generate one AD per valid clip (see ``generate_ids``) and decode it.
+
+        Returns:
+            Per window, the ADs of its valid clips in clip order (the ``clip_mask`` True positions).
+        """
+        ids = self.generate_ids(prepared, num_beams=num_beams, repetition_penalty=repetition_penalty,
+                                no_repeat_ngram_size=no_repeat_ngram_size, max_new_tokens=max_new_tokens,
+                                **generate_kwargs)
+        texts = [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
         grouped, start = [], 0
-        for count in clip_mask.sum(dim=1).tolist():
+        for count in prepared["clip_mask"].bool().sum(dim=1).tolist():
             grouped.append(texts[start:start + count])
             start += count
         return grouped

@@ -7,6 +7,8 @@ the text space that Stage-II and the AD reconstruction experiment (issue 8) rely
 Weights never come from the network. ``pretrained`` is one of:
 
 - a checkpoint file (``open_clip_pytorch_model.bin`` / ``open_clip_model.safetensors`` / any open_clip state dict);
+  OpenAI-trained weights given as a file need the "-quickgelu" architecture (e.g. "ViT-B-32-quickgelu"), which the
+  tag path below sets by itself;
 - a folder: with ``open_clip_config.json`` (what :func:`save_clip` writes) it is loaded through open_clip's
   ``local-dir:`` schema, otherwise the standard checkpoint names are looked up inside it;
 - an open_clip pretrained tag (``"openai"``, ``"laion2b_s34b_b79k"``, ...) that is already in the local Hugging Face
@@ -101,11 +103,11 @@ def resolve_pretrained(model_name: str, pretrained: str, cache_dir: str | None =
     if path.is_file():
         return str(path), {}
     if path.is_dir():
-        if (path / HF_CONFIG_NAME).is_file():
+        weights = [path / name for name in _CHECKPOINT_NAMES if (path / name).is_file()]
+        if weights and (path / HF_CONFIG_NAME).is_file():
             return f"local-dir:{path}", {}
-        for name in _CHECKPOINT_NAMES:
-            if (path / name).is_file():
-                return str(path / name), {}
+        if weights:
+            return str(weights[0]), {}
         raise WeightsNotFoundError(
             f"no CLIP checkpoint in {path}: place open_clip_pytorch_model.bin or open_clip_model.safetensors there")
     tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
@@ -149,13 +151,13 @@ def create_clip(
         image_size: override the vision tower's input size (position embeddings are resized when loading).
     """
     register_model_configs()
-    if model_name not in open_clip.list_models():
+    path, tag_cfg = resolve_pretrained(model_name, pretrained, cache_dir) if pretrained is not None else ("", {})
+    if not path.startswith("local-dir:") and model_name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {model_name!r}; e.g. {DEFAULT_MODEL}, ViT-B-16, {TINY_MODEL}")
     kwargs: dict = dict(device=device, precision=precision, force_image_size=image_size)
     if pretrained is None:
         logger.info("creating %s with random weights (no pretrained given)", model_name)
         return open_clip.create_model(model_name, pretrained=None, **kwargs)
-    path, tag_cfg = resolve_pretrained(model_name, pretrained, cache_dir)
     if tag_cfg:
         # What open_clip's tag path would apply: activation of the original training and its preprocessing.
         kwargs["force_quick_gelu"] = bool(tag_cfg.get("quick_gelu", False))
@@ -328,7 +330,8 @@ class CLIPAD(nn.Module):
         pos = torch.arange(tokens.shape[1], device=tokens.device)
         eot_id = getattr(self.tokenizer, "eot_token_id", None)
         eot_pos = (tokens == eot_id).int().argmax(dim=-1) if eot_id is not None else tokens.argmax(dim=-1)
-        mask = (pos[None] >= 1) & (pos[None] < eot_pos[:, None]) & (tokens != 0)  # (B, ctx)
+        # Position-based: padding is id 0, which is also the id of "!" in CLIP's vocabulary.
+        mask = (pos[None] >= 1) & (pos[None] < eot_pos[:, None])  # (B, ctx)
         if self.skip_punctuation:
             mask &= ~torch.isin(tokens, self._punctuation_ids(tokens.device))
         return mask

@@ -80,8 +80,10 @@ class ContextualEMA(nn.Module):
         for _ in range(self.iters):
             z = torch.softmax(torch.bmm(h, bases.transpose(1, 2)) / self.tau, dim=-1)  # (B, S, K) E-step
             z = z * valid.unsqueeze(-1)  # padded tokens take no part in the M-step
-            bases = torch.bmm(z.transpose(1, 2), h) / (z.sum(dim=1).unsqueeze(-1) + 1e-6)  # (B, K, d) M-step
-            bases = F.normalize(bases, dim=-1)
+            mass = z.sum(dim=1).unsqueeze(-1)  # (B, K, 1)
+            new = F.normalize(torch.bmm(z.transpose(1, 2), h) / (mass + 1e-6), dim=-1)  # (B, K, d) M-step
+            # A base with no mass (a window of padding only) keeps its previous value instead of collapsing to 0.
+            bases = torch.where(mass > 0, new, bases)
         return bases, z
 
     def forward(self, h: torch.Tensor, clip_mask: torch.Tensor | None = None) -> EMAOutput:
@@ -95,7 +97,8 @@ class ContextualEMA(nn.Module):
             clip_mask = h.new_ones(B, N, dtype=torch.bool)
         tokens = h.reshape(B, N * L, d)  # (B, S, d)
         valid = clip_mask.bool().repeat_interleave(L, dim=1).to(h.dtype)  # (B, S)
-        start = self.mu.to(h.dtype).unsqueeze(0).expand(B, -1, -1)  # (B, K, d)
+        # A copy: μ is updated in place below, and autograd may still need the start bases (grad=True).
+        start = self.mu.detach().clone().to(h.dtype).unsqueeze(0).expand(B, -1, -1)  # (B, K, d)
         if self.grad:
             bases, z = self.em(tokens, valid, start)
         else:

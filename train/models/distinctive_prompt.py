@@ -37,15 +37,16 @@ class DistinctivePrompt(nn.Module):
         super().__init__()
         self.alpha_path = alpha_path
         self.beta_path = beta_path
-        # Buffers when fixed so that they follow .to(device) and are saved, but never trained.
+        # Fixed values are non-persistent buffers: they follow .to(device) but come from the config, never from a
+        # checkpoint (an A0 checkpoint must load into a B1 model with its own α).
         if alpha_learnable:
             self.alpha = nn.Parameter(torch.tensor(float(alpha)))
         else:
-            self.register_buffer("alpha", torch.tensor(float(alpha)))
+            self.register_buffer("alpha", torch.tensor(float(alpha)), persistent=False)
         if beta_learnable:
             self.beta = nn.Parameter(torch.tensor(float(beta)))
         else:
-            self.register_buffer("beta", torch.tensor(float(beta)))
+            self.register_buffer("beta", torch.tensor(float(beta)), persistent=False)
 
     @property
     def needs_context(self) -> bool:

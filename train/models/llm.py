@@ -64,11 +64,27 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os
     return fast
 
 
-def _check_local(name_or_path: str, what: str) -> None:
-    """A path-looking name (absolute, ./, ../, ~) must be an existing directory; hub ids go to the cache."""
-    path = Path(name_or_path).expanduser()
-    if (path.is_absolute() or name_or_path.startswith((".", "~"))) and not path.is_dir():
-        raise FileNotFoundError(f"{what} directory not found: {name_or_path}")
+def resolve_local(name_or_path: str | os.PathLike, what: str = "LLM") -> str:
+    """A local directory for ``name_or_path``: the directory itself, or the hub-cache snapshot of a model id.
+
+    Never touches the network (from_pretrained on a bare id would still probe the hub for adapter files).
+
+    Raises:
+        FileNotFoundError: one line, when neither exists.
+    """
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path)
+    if not (path.is_absolute() or name.startswith((".", "~"))) and name.count("/") <= 1:
+        from huggingface_hub import snapshot_download
+
+        try:
+            return snapshot_download(name, local_files_only=True)
+        except Exception:  # LocalEntryNotFoundError, HFValidationError: both mean "not here"
+            pass
+    raise FileNotFoundError(f"{what} '{name}' is neither a local directory nor in the Hugging Face cache "
+                            "(no downloads are made; pass a local path, or 'tiny-gpt2' / 'tiny-llama' for tests)")
 
 
 def load_tokenizer(name_or_path: str | os.PathLike):
@@ -76,15 +92,11 @@ def load_tokenizer(name_or_path: str | os.PathLike):
 
     A tokenizer without a pad token (GPT-2) gets pad = eos: padded positions are masked anyway.
     """
-    name_or_path = str(name_or_path)
-    _check_local(name_or_path, "tokenizer")
+    path = resolve_local(name_or_path, "tokenizer")
     try:
-        tok = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
-    except OSError as e:
-        raise FileNotFoundError(
-            f"tokenizer '{name_or_path}' is neither a local directory nor in the Hugging Face cache "
-            f"(no downloads are made): {str(e).splitlines()[0]}"
-        ) from None
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"no usable tokenizer in {path}: {str(e).splitlines()[0]}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -95,7 +107,9 @@ def tiny_llm_config(name: str, tokenizer):
     ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                pad_token_id=tokenizer.pad_token_id)
     if name == "tiny-gpt2":
-        return GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=512, **ids)
+        # No dropout: tests compare outputs bit for bit and train on a fixed batch.
+        return GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=512, resid_pdrop=0.0, embd_pdrop=0.0,
+                          attn_pdrop=0.0, **ids)
     if name == "tiny-llama":
         return LlamaConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
                            num_key_value_heads=2, max_position_embeddings=512, **ids)
@@ -128,14 +142,11 @@ def build_llm(name_or_path: str | os.PathLike, tokenizer=None, *, freeze: bool =
         if dtype is not None:
             model = model.to(dtype)
     else:
-        _check_local(name_or_path, "LLM")
+        path = resolve_local(name_or_path, "LLM")
         try:
-            model = AutoModelForCausalLM.from_pretrained(name_or_path, local_files_only=True, dtype=dtype)
-        except OSError as e:
-            raise FileNotFoundError(
-                f"LLM '{name_or_path}' is neither a local directory nor in the Hugging Face cache "
-                f"(no downloads are made; use a local path, 'tiny-gpt2' or 'tiny-llama'): {str(e).splitlines()[0]}"
-            ) from None
+            model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
+        except (OSError, ValueError) as e:
+            raise FileNotFoundError(f"no loadable causal LM in {path}: {str(e).splitlines()[0]}") from None
         if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
     if tokenizer is not None and model.config.pad_token_id is None:

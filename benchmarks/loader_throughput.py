@@ -1,0 +1,116 @@
+"""Throughput of the training reader on SynthMAD window shards vs. reading the same tar bytes raw.
+
+The raw limit walks every shard with ``tarfile`` and reads each member's bytes (no decode, no collation); the
+reader is ``get_wds_loader(..., is_train=True)`` over one epoch. It also reports the shard builder's MB/s.
+
+    python benchmarks/loader_throughput.py --movies 8 --ads-per-movie 128 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+from distinctad.data.annotations import read_annotations
+from distinctad.data.logs import init_logger
+from distinctad.data.shards import BuildOptions, build_shards
+from distinctad.data.synthmad import write_synthmad
+from distinctad.data.wds_pipeline import get_wds_loader
+
+
+def raw_tar_read(shards: list[Path]) -> tuple[int, int, float]:
+    """(samples, bytes, seconds) of reading every member of every shard with tarfile."""
+    t0 = time.perf_counter()
+    keys, nbytes = 0, 0
+    for p in shards:
+        last = None
+        with tarfile.open(p) as tf:
+            for m in tf:
+                data = tf.extractfile(m).read()
+                nbytes += len(data)
+                key = m.name.split(".", 1)[0]
+                keys += key != last
+                last = key
+    return keys, nbytes, time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--movies", type=int, default=8, help="SynthMAD movies.")
+    parser.add_argument("--ads-per-movie", type=int, default=128, help="ADs per movie.")
+    parser.add_argument("--feature-dim", type=int, default=512, help="Feature width D.")
+    parser.add_argument("--maxcount", type=int, default=16, help="Windows per shard.")
+    parser.add_argument("--batch-size", type=int, default=8, help="Reader batch size.")
+    parser.add_argument("--workers", type=int, default=2, help="Reader DataLoader workers.")
+    parser.add_argument("--build-workers", type=int, default=0, help="Builder encoding processes.")
+    parser.add_argument("--epochs", type=int, default=2, help="Reader epochs timed (the first includes startup).")
+    parser.add_argument("--dir", default=None, help="Work folder (default: a temporary one).")
+    parser.add_argument(
+        "--shuffle-buffer",
+        type=int,
+        default=64,
+        help="Sample shuffle buffer; at the end of an epoch the reader has read this far ahead, "
+        "so keep it small against the epoch (the default 1000 suits 20k-window epochs).",
+    )
+    args = parser.parse_args(argv)
+    init_logger("WARNING")
+    os.environ["DISTINCTAD_SAMPLE_SHUFFLE_SIZE"] = str(args.shuffle_buffer)
+    os.environ["DISTINCTAD_SAMPLE_SHUFFLE_INITIAL"] = str(max(1, args.shuffle_buffer // 4))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.dir or tmp)
+        write_synthmad(
+            work / "synth",
+            movies=args.movies,
+            ads_per_movie=args.ads_per_movie,
+            seed=0,
+            features=True,
+            feature_dim=args.feature_dim,
+        )
+        anns = read_annotations(work / "synth" / "annotations.json")
+        t0 = time.perf_counter()
+        res = build_shards(
+            work / "win",
+            anns.by_movie(),
+            BuildOptions(kind="window", maxcount=args.maxcount),
+            features_path=work / "synth" / "features.h5",
+            workers=args.build_workers,
+            progress=False,
+        )
+        build_s = time.perf_counter() - t0
+        shards = sorted((work / "win").glob("*.tar"))
+        mb = res.manifest["totals"]["bytes"] / 1e6
+        print(
+            f"builder: {res.manifest['totals']['samples']} windows, {len(shards)} shards, {mb:.1f} MB in "
+            f"{build_s:.2f} s = {mb / build_s:.1f} MB/s ({args.build_workers} workers)"
+        )
+
+        raw_n, raw_bytes, raw_s = min((raw_tar_read(shards) for _ in range(3)), key=lambda r: r[2])
+        raw_rate = raw_n / raw_s
+        print(f"raw tar read: {raw_n} samples, {raw_bytes / 1e6:.1f} MB in {raw_s:.3f} s = {raw_rate:.0f} samples/s")
+
+        data = get_wds_loader(
+            str(work / "win"), "window", args.batch_size, is_train=True, num_workers=args.workers, seed=0
+        )
+        rates = []
+        for epoch in range(args.epochs):
+            data.set_epoch(epoch)
+            t0 = time.perf_counter()
+            n = sum(len(b["key"]) for b in data.dataloader)
+            rates.append(n / (time.perf_counter() - t0))
+        reader_rate = rates[-1]
+        print(
+            f"reader: {data.num_batches} batches x {args.batch_size} per epoch; samples/s per epoch: "
+            + ", ".join(f"{r:.0f}" for r in rates)
+            + f" ({args.workers} workers)"
+        )
+        print(f"ratio reader / raw = {reader_rate / raw_rate:.2f} (target >= 0.5)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

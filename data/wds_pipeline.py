@@ -1,0 +1,596 @@
+"""Streaming readers of DistinctAD shards, modelled on open_clip's ``get_wds_dataset``.
+
+Pipeline (training, non-resampled)::
+
+    SimpleShardList → detshuffle(seed, epoch) → split_by_node → split_by_worker → repeat
+        → tar expansion (nothrow, logged + counted) → shuffle(seed, epoch, rank, worker) → safe decode
+        → batched(B) → take(batches per worker, skip)
+
+- **Same batch count on every rank.** In training each worker repeats its shard list, so it never runs dry, and
+  yields exactly ``ceil(ceil(num_samples / (B·world)) / workers)`` batches (open_clip's ``with_epoch``
+  arithmetic). ``resampled=True`` draws shards with replacement instead (``ResampledShards``, seeded per epoch).
+- **Eval sees every sample exactly once.** Non-resampled eval mode uses ``sizes.json`` to know how many samples
+  each (rank, worker) gets, and pads every worker to the largest batch count of any rank for that worker index.
+  Padding entries are marked: ``valid`` is False, ``ad_index`` is -1, ``key``/``movie`` are ``""`` and (windows)
+  ``clip_mask`` is all False. Drop rows with ``batch["valid"]`` before scoring.
+- **Resuming mid-epoch.** ``DataInfo.set_epoch(epoch, skip_batches=n)`` makes the next pass start at batch ``n``
+  of that epoch, yielding exactly the batches (same content, same order) an uninterrupted run would have yielded
+  from there: worker ``w`` plays worker ``(w + n) mod W`` of the full epoch and skips its first batches. Skipped
+  batches are still read and decoded by the workers (nothing is sent to the main process).
+- **No pickle, ever.** Samples are decoded member by member: ``.npy`` with ``allow_pickle=False``, ``.json``,
+  ``.txt``, ``.jpg``. Anything else (``.pyd``, ``.pickle``, ``.pth``...) is ignored, counted, and never touched.
+  Corrupt samples and unreadable tars are logged (rate-limited) and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+from distinctad.data.logs import warn_once
+
+logger = logging.getLogger(__name__)
+
+# Buffer sizes, overridable by environment (tests use tiny buffers), as open_clip's constants.
+_SAMPLE_SHUFFLE_SIZE = int(os.environ.get("DISTINCTAD_SAMPLE_SHUFFLE_SIZE", 1000))
+_SAMPLE_SHUFFLE_INITIAL = int(os.environ.get("DISTINCTAD_SAMPLE_SHUFFLE_INITIAL", 200))
+SAFE_EXTENSIONS = ("json", "txt", "npy", "jpg")
+UNSAFE_EXTENSIONS = ("pyd", "pickle", "pkl", "pth", "pt", "ckpt", "npz", "mp", "msgpack")
+_LOG_FIRST, _LOG_EVERY = 10, 1000
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+class SharedValue:
+    """An integer shared with DataLoader worker processes (open_clip's ``SharedEpoch``)."""
+
+    def __init__(self, value: int = 0):
+        self.value = mp.Value("q", value)
+
+    def set_value(self, value: int) -> None:
+        self.value.value = value
+
+    def get_value(self) -> int:
+        return self.value.value
+
+    def add(self, n: int = 1) -> None:
+        with self.value.get_lock():
+            self.value.value += n
+
+
+class CountingHandler:
+    """``log_and_continue`` that also counts: the pipeline skips the bad sample/shard and goes on."""
+
+    def __init__(self, counter: SharedValue, what: str):
+        self.counter = counter
+        self.what = what
+
+    def __call__(self, exn: Exception) -> bool:
+        self.counter.add(1)
+        n = self.counter.get_value()
+        if n <= _LOG_FIRST or n % _LOG_EVERY == 0:
+            logger.warning("skipped %s #%d: %s: %s", self.what, n, type(exn).__name__, exn)
+        return True
+
+
+# ---------------------------------------------------------------- safe decoding
+
+
+def _load_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def _load_jpg(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.load()  # decode now, so a truncated JPEG fails here (and is counted) rather than in collate
+    return img.convert("RGB")
+
+
+def decode_sample(raw: dict, unsafe_counter: SharedValue | None = None) -> dict:
+    """Decode one raw WebDataset sample using only safe decoders.
+
+    Members whose last extension is not ``json``/``txt``/``npy``/``jpg`` are dropped unread; pickle-like ones
+    (``.pyd``, ``.pth``...) are counted and warned about once. Returns ``__key__``/``__url__`` plus the
+    decoded members (``json`` → object, ``txt`` → str, ``*.npy`` → ndarray, ``*.jpg`` → RGB PIL image).
+    """
+    out = {k: v for k, v in raw.items() if k in ("__key__", "__url__")}
+    for name, value in raw.items():
+        if name.startswith("__"):
+            continue
+        ext = name.rsplit(".", 1)[-1].lower()
+        if ext == "json":
+            out[name] = json.loads(value)
+        elif ext == "txt":
+            out[name] = value.decode("utf-8")
+        elif ext == "npy":
+            out[name] = _load_npy(value)
+        elif ext == "jpg":
+            out[name] = _load_jpg(value)
+        else:
+            if ext in UNSAFE_EXTENSIONS and unsafe_counter is not None:
+                unsafe_counter.add(1)
+            warn_once(logger, f"ignoring shard member type .{ext} (only json/txt/npy/jpg are decoded; never pickle)")
+    return out
+
+
+def iter_tar_samples(path: str, handler: Callable[[Exception], bool] | None = None) -> Iterator[dict]:
+    """Raw samples of one tar, in file order (for ``inspect`` and tests)."""
+    pipeline = wds.DataPipeline(
+        wds.SimpleShardList([path]), wds.tarfile_to_samples(handler=handler or wds.reraise_exception)
+    )
+    return iter(pipeline)
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """Default frame preprocess: centre square crop (short side) → float tensor (3, S, S) in [0, 1].
+
+    The crop makes frames of differently shaped videos stackable; real training passes open_clip's preprocess.
+    """
+    w, h = img.size
+    s = min(w, h)
+    img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+@dataclass
+class _Decoder:
+    """Decodes and validates one sample of a kind (runs in the loader workers)."""
+
+    kind: str
+    window: int
+    num_frames: int
+    preprocess: Callable | None
+    unsafe: SharedValue
+
+    def __call__(self, raw: dict) -> dict:
+        s = decode_sample(raw, self.unsafe)
+        if "json" not in s:
+            raise ValueError(f"{raw.get('__key__')}: no json member")
+        meta = s["json"]
+        key = s["__key__"]
+        if self.kind == "window":
+            n = int(meta["num_valid"])
+            if not (1 <= n <= self.window) or len(meta["sentence"]) != n or len(meta["ad_index"]) != n:
+                raise ValueError(f"{key}: window json inconsistent (num_valid={n}, window={self.window})")
+            out = {"key": key, "meta": meta, "feats": None, "mask": None}
+            if "feats.npy" in s:
+                feats, mask = s["feats.npy"], s.get("mask.npy")
+                if feats.ndim != 3 or feats.shape[0] != self.window or mask is None or mask.shape != feats.shape[:2]:
+                    raise ValueError(f"{key}: feats/mask shapes {feats.shape} / {getattr(mask, 'shape', None)}")
+                out["feats"], out["mask"] = feats, mask.astype(bool)
+            return out
+        frames = [s.get(f"{i:02d}.jpg") for i in range(self.num_frames)]
+        if any(f is None for f in frames):
+            raise ValueError(f"{key}: expected {self.num_frames} frames 00.jpg..{self.num_frames - 1:02d}.jpg")
+        pre = self.preprocess or to_tensor
+        return {"key": key, "meta": meta, "images": torch.stack([pre(f) for f in frames])}  # (T, 3, H, W)
+
+
+# ---------------------------------------------------------------- collation
+
+
+PAD = {"__pad__": True}
+
+
+@dataclass
+class _Collate:
+    """Collates decoded samples (and padding markers) into the batch dicts of the data contract."""
+
+    kind: str
+    window: int
+    num_frames: int
+    feature_dim: int | None
+    pad_image: torch.Tensor | None = None  # (T, 3, H, W) zeros, learnt from the first real frames sample
+
+    def __call__(self, samples: list[dict]) -> dict:
+        valid = torch.tensor(["__pad__" not in s for s in samples])
+        return self._window(samples, valid) if self.kind == "window" else self._frames(samples, valid)
+
+    def _window(self, samples: list[dict], valid: torch.Tensor) -> dict:
+        B, N = len(samples), self.window
+        real = [s for s in samples if "__pad__" not in s]
+        with_feats = [s for s in real if s["feats"] is not None]
+        if with_feats:
+            T, D = with_feats[0]["feats"].shape[1:]
+        elif not real and self.feature_dim:
+            T, D = self.num_frames, self.feature_dim
+        else:
+            T, D = 0, 0
+        # Filled in numpy and wrapped once: per-row torch indexing costs more than the copy itself.
+        feats = np.zeros((B, N, T, D), np.float32) if D else None  # (B, N, T, D)
+        frame_mask = np.zeros((B, N, T), bool)  # (B, N, T)
+        clip_mask = np.zeros((B, N), bool)  # (B, N)
+        ad_index = np.full((B, N), -1, np.int64)  # (B, N)
+        sentences, context, movie, key = [], [], [], []
+        for b, s in enumerate(samples):
+            if "__pad__" in s:
+                sentences.append([""] * N)
+                context.append([])
+                movie.append("")
+                key.append("")
+                continue
+            meta = s["meta"]
+            n = int(meta["num_valid"])
+            clip_mask[b, :n] = True
+            ad_index[b, :n] = meta["ad_index"]
+            sentences.append(list(meta["sentence"]) + [""] * (N - n))
+            context.append(list(meta.get("context", [])))
+            movie.append(meta["movie"])
+            key.append(s["key"])
+            if feats is not None and s["feats"] is not None:
+                feats[b] = s["feats"]  # float16 -> float32
+                frame_mask[b] = s["mask"]
+        return {
+            "feats": torch.from_numpy(feats) if feats is not None else None,
+            "frame_mask": torch.from_numpy(frame_mask),
+            "clip_mask": torch.from_numpy(clip_mask),
+            "sentences": sentences,
+            "context": context,
+            "movie": movie,
+            "ad_index": torch.from_numpy(ad_index),
+            "key": key,
+            "valid": valid,
+        }
+
+    def _frames(self, samples: list[dict], valid: torch.Tensor) -> dict:
+        real = [s for s in samples if "__pad__" not in s]
+        if real:
+            self.pad_image = torch.zeros_like(real[0]["images"])
+        if self.pad_image is None:
+            raise RuntimeError("a frames batch made only of padding before any real sample: image size unknown")
+        images = torch.stack([self.pad_image if "__pad__" in s else s["images"] for s in samples])  # (B,T,3,H,W)
+        return {
+            "images": images,
+            "sentence": ["" if "__pad__" in s else s["meta"]["sentence"] for s in samples],
+            "movie": ["" if "__pad__" in s else s["meta"]["movie"] for s in samples],
+            "ad_index": torch.tensor([-1 if "__pad__" in s else int(s["meta"]["ad_index"]) for s in samples]),
+            "key": ["" if "__pad__" in s else s["key"] for s in samples],
+            "valid": valid,
+        }
+
+
+# ---------------------------------------------------------------- shard lists, splitting, epochs
+
+
+def _seed(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
+
+
+@dataclass
+class _Position:
+    """Where this loader worker is: its (virtual) worker id, rank, and batches to skip."""
+
+    rank: int
+    world: int
+    worker: int
+    num_workers: int
+    skip: int
+    epoch: int
+
+
+class _Placement:
+    """Computes a worker's position at the start of each epoch pass (inside the worker process)."""
+
+    def __init__(self, rank: int, world: int, epoch: SharedValue, skip: SharedValue):
+        self.rank, self.world, self.epoch, self.skip = rank, world, epoch, skip
+
+    def get(self) -> _Position:
+        info = torch.utils.data.get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        n = self.skip.get_value()
+        # Resume rotation: the DataLoader always starts with worker 0, and batch j of a full epoch comes from
+        # worker j mod W; playing worker (w + n) mod W keeps the order of an uninterrupted epoch.
+        virtual = (worker + n) % num_workers
+        skip = n // num_workers + (1 if virtual < n % num_workers else 0)
+        return _Position(self.rank, self.world, virtual, num_workers, skip, self.epoch.get_value())
+
+
+def _shard_stream(urls: list[str], placement: _Placement, *, shuffle: bool, repeat: bool, seed: int):
+    """SimpleShardList → detshuffle(seed, epoch) → split_by_node → split_by_worker (→ repeat), as open_clip."""
+
+    def stage(_src=None):
+        pos = placement.get()
+        order = list(urls)
+        if shuffle:  # detshuffle: the same permutation on every rank and worker for a given (seed, epoch)
+            random.Random(_seed(seed, pos.epoch)).shuffle(order)
+        mine = order[pos.rank :: pos.world][pos.worker :: pos.num_workers]
+        while True:
+            for url in mine:
+                yield {"url": url}
+            if not repeat or not mine:
+                return
+
+    return stage
+
+
+def _resampled_stream(urls: list[str], placement: _Placement, seed: int):
+    """ResampledShards with a deterministic seed per (seed, epoch, rank, worker)."""
+
+    def stage(_src=None):
+        pos = placement.get()
+        rng = random.Random(_seed(seed, pos.epoch, pos.rank, pos.worker, "resample"))
+        while True:
+            yield {"url": urls[rng.randrange(len(urls))]}
+
+    return stage
+
+
+def _seeded_shuffle(placement: _Placement, seed: int, bufsize: int, initial: int):
+    """wds.shuffle with an rng seeded by (seed, epoch, rank, worker), so an epoch can be replayed exactly."""
+
+    def stage(src):
+        pos = placement.get()
+        rng = random.Random(_seed(seed, pos.epoch, pos.rank, pos.worker, "samples"))
+        return wds.filters._shuffle(src, bufsize, initial, rng=rng)
+
+    return stage
+
+
+def _take_batches(placement: _Placement, per_worker: int):
+    """with_epoch(per_worker) that first drops this worker's share of the resumed batches."""
+
+    def stage(src):
+        pos = placement.get()
+        for i, batch in enumerate(src):
+            if i >= per_worker:
+                return
+            if i >= pos.skip:
+                yield batch
+
+    return stage
+
+
+def _pad_samples(placement: _Placement, targets: list[int], batch_size: int):
+    """Eval: after the real samples, add padding markers up to this worker's target count (a multiple of B)."""
+
+    def stage(src):
+        pos = placement.get()
+        target = targets[pos.worker] * batch_size
+        n = 0
+        for sample in src:
+            if n >= target:
+                logger.error("more samples than sizes.json says; extra sample %s dropped", sample.get("key"))
+                continue
+            n += 1
+            yield sample
+        for _ in range(target - n):
+            yield dict(PAD)
+
+    return stage
+
+
+# ---------------------------------------------------------------- sizes and the public entry point
+
+
+def expand_shards(shards: str | list[str]) -> list[str]:
+    """Shard paths from a list, a folder (all ``*.tar``), or a brace pattern ``dir/train-{000000..000009}.tar``."""
+    if isinstance(shards, (list, tuple)):
+        urls = [str(s) for s in shards]
+    elif os.path.isdir(shards):
+        urls = [str(p) for p in sorted(Path(shards).glob("*.tar"))]
+    else:
+        urls = wds.shardlists.expand_urls(shards)
+    if not urls:
+        raise ValueError(f"no shards found in {shards!r}")
+    return urls
+
+
+def _count_tar_samples(path: str) -> int:
+    import tarfile
+
+    with tarfile.open(path) as tf:
+        return len({m.name.split(".", 1)[0] for m in tf.getmembers() if m.isfile()})
+
+
+def shard_sizes(urls: list[str]) -> list[int]:
+    """Samples per shard from the ``sizes.json`` beside each shard (tar headers are counted when missing)."""
+    cache: dict[str, dict] = {}
+    out = []
+    for url in urls:
+        folder = os.path.dirname(url)
+        if folder not in cache:
+            p = os.path.join(folder, "sizes.json")
+            cache[folder] = json.loads(Path(p).read_text()) if os.path.isfile(p) else {}
+        name = os.path.basename(url)
+        if name in cache[folder]:
+            out.append(int(cache[folder][name]))
+        else:
+            warn_once(logger, f"{folder}: no sizes.json entry for {name}; counting tar members")
+            out.append(_count_tar_samples(url))
+    return out
+
+
+def _manifest_info(urls: list[str]) -> dict:
+    p = os.path.join(os.path.dirname(urls[0]), "manifest.json")
+    if not os.path.isfile(p):
+        return {}
+    m = json.loads(Path(p).read_text())
+    opts = m.get("options", {})
+    return {
+        "kind": m.get("kind"),
+        "window": opts.get("window"),
+        "num_frames": opts.get("num_frames"),
+        "feature_dim": m.get("feature_dim"),
+    }
+
+
+def world_info() -> tuple[int, int]:
+    """(rank, world size) from torch.distributed when initialised, else the RANK/WORLD_SIZE environment."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+@dataclass
+class DataInfo:
+    """A loader and what the training loop needs to know about it (open_clip's ``DataInfo``).
+
+    ``num_batches`` is per rank and per epoch (the same on every rank); ``num_samples`` is the global count
+    of samples per epoch (training: rounded up to full batches; eval: real samples, padding excluded).
+    """
+
+    dataloader: torch.utils.data.DataLoader
+    num_batches: int
+    num_samples: int
+    shared_epoch: SharedValue
+    shared_skip: SharedValue
+    skipped_samples: SharedValue
+    unsafe_members: SharedValue
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Select the epoch (reshuffles) and, to resume mid-epoch, how many of its batches to skip."""
+        if not 0 <= skip_batches <= self.num_batches:
+            raise ValueError(f"skip_batches must be in [0, {self.num_batches}], got {skip_batches}")
+        self.shared_epoch.set_value(epoch)
+        self.shared_skip.set_value(skip_batches)
+
+    @property
+    def num_skipped(self) -> int:
+        """Corrupt samples / unreadable shards skipped so far (all workers)."""
+        return self.skipped_samples.get_value()
+
+    @property
+    def num_unsafe(self) -> int:
+        """Pickle-like members ignored so far (never unpickled)."""
+        return self.unsafe_members.get_value()
+
+
+def get_wds_loader(
+    shards: str | list[str],
+    kind: str,
+    batch_size: int,
+    *,
+    is_train: bool,
+    num_workers: int = 0,
+    resampled: bool = False,
+    seed: int = 0,
+    epoch: int = 0,
+    preprocess: Callable | None = None,
+    num_samples: int | None = None,
+    pad_eval: bool = True,
+    window: int | None = None,
+    num_frames: int | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> DataInfo:
+    """Build the streaming loader of window or frames shards.
+
+    Args:
+        shards: shard paths, a folder of shards, or a brace pattern.
+        kind: ``"window"`` (Stage-II / eval) or ``"frames"`` (Stage-I).
+        batch_size: per-rank batch size.
+        is_train: training (shuffled, repeated, full batches, same count per rank) or eval (in order, each
+            sample once).
+        num_workers: DataLoader workers per rank.
+        resampled: training only: draw shards with replacement (``ResampledShards``).
+        seed: shuffling seed; epochs and resumption are deterministic functions of (seed, epoch).
+        epoch: the first epoch (``DataInfo.set_epoch`` changes it).
+        preprocess: frames only: callable applied to each PIL frame (e.g. open_clip's preprocess); default
+            converts to a float tensor in [0, 1].
+        num_samples: training epoch size in samples (default: sum of ``sizes.json`` of the shards).
+        pad_eval: eval only: pad so every rank gets the same number of full batches (padding marked by
+            ``valid=False``); ``False`` yields partial batches and unequal counts (single-process eval).
+        window: N of window shards (default from ``manifest.json``, else 16).
+        num_frames: T (default from ``manifest.json``, else 8).
+        rank: override the rank (default: torch.distributed, else ``RANK``).
+        world_size: override the world size (default: torch.distributed, else ``WORLD_SIZE``).
+
+    Returns:
+        A :class:`DataInfo`.
+    """
+    if kind not in ("window", "frames"):
+        raise ValueError(f"kind must be 'window' or 'frames', got {kind!r}")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    urls = expand_shards(shards)
+    env_rank, env_world = world_info()
+    rank = env_rank if rank is None else rank
+    world = env_world if world_size is None else world_size
+    info = _manifest_info(urls)
+    if info.get("kind") not in (None, kind):
+        raise ValueError(f"{os.path.dirname(urls[0])}: shards are {info['kind']!r}, not {kind!r}")
+    window = window or info.get("window") or 16
+    num_frames = num_frames or info.get("num_frames") or 8
+    workers = max(1, num_workers)
+
+    shared_epoch, shared_skip = SharedValue(epoch), SharedValue(0)
+    skipped, unsafe = SharedValue(0), SharedValue(0)
+    placement = _Placement(rank, world, shared_epoch, shared_skip)
+    handler = CountingHandler(skipped, "sample")
+    decoder = _Decoder(kind, window, num_frames, preprocess, unsafe)
+    collate = _Collate(kind, window, num_frames, info.get("feature_dim"))
+
+    if is_train:
+        if not resampled and len(urls) < workers * world:
+            raise ValueError(
+                f"{len(urls)} shards < {workers} workers x {world} ranks: every worker needs a shard "
+                "(rebuild with a smaller --maxcount, use fewer workers, or resampled=True)"
+            )
+        if num_samples is None:
+            num_samples = sum(shard_sizes(urls))
+        source = (
+            _resampled_stream(urls, placement, seed)
+            if resampled
+            else _shard_stream(urls, placement, shuffle=True, repeat=True, seed=seed)
+        )
+        global_batch = batch_size * world
+        num_batches = math.ceil(num_samples / global_batch)
+        per_worker = math.ceil(num_batches / workers)
+        num_batches = per_worker * workers
+        num_samples = num_batches * global_batch
+        stages = [
+            source,
+            wds.tarfile_to_samples(handler=handler),
+            _seeded_shuffle(
+                placement,
+                seed,
+                _env_int("DISTINCTAD_SAMPLE_SHUFFLE_SIZE", _SAMPLE_SHUFFLE_SIZE),
+                _env_int("DISTINCTAD_SAMPLE_SHUFFLE_INITIAL", _SAMPLE_SHUFFLE_INITIAL),
+            ),
+            wds.map(decoder, handler=handler),
+            wds.batched(batch_size, collation_fn=collate, partial=False),
+            _take_batches(placement, per_worker),
+        ]
+    else:
+        if resampled:
+            raise ValueError("resampled=True is for training; eval must see every sample once")
+        source = _shard_stream(urls, placement, shuffle=False, repeat=False, seed=seed)
+        stages = [source, wds.tarfile_to_samples(handler=handler), wds.map(decoder, handler=handler)]
+        sizes = dict(zip(urls, shard_sizes(urls)))
+        num_samples = sum(sizes.values()) if num_samples is None else num_samples
+        if pad_eval:
+            # Samples of (rank r, worker w): the same split as _shard_stream; pad worker w to the max over ranks.
+            targets = []
+            for w in range(workers):
+                per_rank = [sum(sizes[u] for u in urls[r::world][w::workers]) for r in range(world)]
+                targets.append(max(math.ceil(c / batch_size) for c in per_rank))
+            stages += [_pad_samples(placement, targets, batch_size), wds.batched(batch_size, collation_fn=collate)]
+            num_batches = sum(targets)
+        else:
+            stages.append(wds.batched(batch_size, collation_fn=collate, partial=True))
+            num_batches = sum(
+                math.ceil(sum(sizes[u] for u in urls[rank::world][w::workers]) / batch_size) for w in range(workers)
+            )
+    dataset = wds.DataPipeline(*stages)
+    dataloader = wds.WebLoader(
+        dataset, batch_size=None, shuffle=False, num_workers=num_workers, persistent_workers=num_workers > 0
+    )
+    dataloader.num_batches = num_batches
+    dataloader.num_samples = num_samples
+    return DataInfo(dataloader, num_batches, num_samples, shared_epoch, shared_skip, skipped, unsafe)
