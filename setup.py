@@ -21,6 +21,7 @@ setup(
         "distinctad.data": "data",
         "distinctad.eval": "eval",
     },
+    package_data={"distinctad.train.models": ["model_configs/*.json"]},
     install_requires=[
         *TORCH,
         "deepspeed>=0.15",

@@ -159,6 +159,14 @@ def score_tokenized(
                 for g, ids in tqdm(members.items(), desc="METEOR per movie", disable=_disable(progress)):
                     per_group[g]["METEOR"] = 100 * scorer.compute_score(subset(gts, ids), subset(res, ids))[0]
                 timings["meteor_per_group"] = time.perf_counter() - t1
+            except ValueError:  # an empty line where a score should be: the Java process died
+                proc = scorer.meteor_p
+                err = [] if proc.poll() is None else proc.stderr.read().decode(errors="replace").strip().splitlines()
+                if scorer.lock.locked():  # compute_score raised holding it; Meteor.__del__ would wait forever
+                    scorer.lock.release()
+                raise EvalEnvironmentError(
+                    f"METEOR's Java process failed ({err[-1] if err else 'no message'}); it needs ~2 GB of heap"
+                ) from None
             finally:
                 del scorer  # its __del__ stops the Java process
             timings["meteor"] = t1 - t0

@@ -204,13 +204,15 @@ def read_predictions(path: str | os.PathLike) -> list[Prediction]:
 
 
 def as_references(items: Iterable[Any]) -> list[Reference]:
-    """Turn ``AD`` records or AD-like dicts into :class:`Reference` s, sorted by movie then ad_index.
+    """Turn ``AD`` records (or an ``AnnotationSet``) or AD-like dicts into :class:`Reference` s, sorted by movie
+    then ad_index.
 
     Dicts need ``movie`` and ``sentence`` plus ``ad_index`` or ``start``/``end``; without ``ad_index`` the ADs of
     a movie are numbered by a stable (start, end) sort, as the annotation reader does. The same
     (movie, ad_index) given twice with the same text is kept once (overlapping windows); with different text
     it is an error.
     """
+    items = getattr(items, "ads", items)  # an AnnotationSet
     raw: list[dict] = []
     for i, item in enumerate(items):
         where = f"references[{i}]"

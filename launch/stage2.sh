@@ -9,11 +9,9 @@
 if [ "${NGPU:-1}" -gt 1 ]; then exec deepspeed --num_gpus "$NGPU" "$0" "$@"; fi
 exec "${PYTHON:-python}" "$0" "$@"
 ":"""
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("WDS_SECURE", "1")  # webdataset must never unpickle shard members
-from distinctad.train.main import launch  # noqa: E402
+from distinctad.train.main import launch
 
 launch("stage2", sys.argv[1:], default_config=Path(__file__).resolve().parent / "configs" / "stage2.yaml")

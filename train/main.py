@@ -7,6 +7,7 @@ passes ``--local_rank``; the rank is read from the environment instead).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -24,11 +25,17 @@ def _trivial() -> tuple[type, Callable[[Any], dict]]:
     return TrivialJob, lambda cfg: fit(TrivialTask(cfg), cfg, job="trivial")
 
 
+def _stage2() -> tuple[type, Callable[[Any], dict]]:
+    from distinctad.train.stage2 import Stage2Job, run
+
+    return Stage2Job, run
+
+
 # job name -> lazy (config class, runner); imports stay lazy so --help is instant.
 JOBS: dict[str, Callable[[], tuple[type, Callable[[Any], dict]]]] = {
     "trivial": _trivial,
     "stage1": _trivial,  # the Stage-I job replaces the trivial model here
-    "stage2": _trivial,  # the Stage-II job replaces the trivial model here
+    "stage2": _stage2,
 }
 
 USAGE = """usage: distinctad-train JOB [CONFIG.yaml] [--section.key VALUE ...]
@@ -55,6 +62,7 @@ def _strip_launcher_args(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the model hub: weights come from local paths
     argv = _strip_launcher_args(list(sys.argv[1:] if argv is None else argv))
     usage = USAGE.format(jobs=", ".join(JOBS))
     if not argv or argv[0] in ("-h", "--help"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 import urllib.error
 import urllib.request
@@ -38,6 +39,11 @@ def _http_reachable(uri: str, timeout: float = 3.0) -> bool:
             return True
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+def metric_name(name: str) -> str:
+    """MLflow metric names allow letters, digits and ``_-. /`` only: ``eval/R@5/16`` -> ``eval/R_at_5/16``."""
+    return re.sub(r"[^\w\-. /]", "_", name.replace("@", "_at_"))
 
 
 class BaseLogger:
@@ -123,7 +129,7 @@ class MLflowLogger(BaseLogger):
         self._call("log_params", {k: str(v)[:6000] for k, v in params.items()})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self._call("log_metrics", {k: float(v) for k, v in metrics.items()}, step=step)
+        self._call("log_metrics", {metric_name(k): float(v) for k, v in metrics.items()}, step=step)
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         self._call("log_artifact", str(path), artifact_path=artifact_path)

@@ -124,7 +124,8 @@ def test_references_conflict_and_dedupe():
     assert [(r.ad_index, r.sentence) for r in refs] == [(0, "early"), (1, "late")]
 
 
-def test_window_shards_as_ground_truth(tmp_path):
+def make_shards(tmp_path):
+    """Two window shards (N=4) holding GT: film.one's 4 ADs, and film2's 2 ADs padded to 4."""
     (tmp_path / "shards").mkdir()
     w0 = {
         "movie": "film.one",
@@ -137,19 +138,16 @@ def test_window_shards_as_ground_truth(tmp_path):
         "context": [],
         "num_valid": 4,
     }
-    w1 = {
-        "movie": "film2",
-        "split": "eval",
-        "window_index": 0,
-        "ad_index": [0, 1, -1, -1],
-        "sentence": [GT[4][4], GT[5][4], "", ""],
-        "start": [0.0, 1.5, 0, 0],
-        "end": [1.0, 3.0, 0, 0],
-        "context": [],
-        "num_valid": 2,
-    }
+    w1 = {"movie": "film2", "split": "eval", "window_index": 0, "ad_index": [0, 1, -1, -1],
+          "sentence": [GT[4][4], GT[5][4], "", ""], "start": [0.0, 1.5, 0, 0], "end": [1.0, 3.0, 0, 0],
+          "context": [], "num_valid": 2}  # fmt: skip
     write_window_shard(tmp_path / "shards" / "eval-000000.tar", [w0])
     write_window_shard(tmp_path / "shards" / "eval-000001.tar", [w1])
+    return tmp_path / "shards"
+
+
+def test_window_shards_as_ground_truth(tmp_path):
+    make_shards(tmp_path)
     refs = read_shard_references(str(tmp_path / "shards"))
     assert [(r.movie, r.ad_index, r.sentence) for r in refs] == sorted((m, i, s) for m, i, _, _, s in GT)
     assert refs[1].start == 2.5 and refs[1].end == 4.0
@@ -184,7 +182,7 @@ def test_evaluate_fails_on_problems_unless_allowed():
 
 @needs_java
 def test_cli_end_to_end_with_shards_names_and_report(tmp_path, capsys):
-    gt = write_csv(tmp_path / "gt.csv")
+    gt = make_shards(tmp_path)
     preds = identity_preds()
     preds[0]["text"] = "Zed opens the red door."  # a different name: equal once names become "someone"
     preds[4] = {"movie": "film2", "start": 0.01, "end": 0.99, "text": GT[4][4]}  # keyed by time

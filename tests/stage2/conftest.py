@@ -30,7 +30,7 @@ def tokenizer(tmp_path_factory):
 
 
 def window_batch(B: int = 2, N: int = 4, T: int = 3, D: int = 16, valid: tuple[int, ...] = (4, 2)) -> dict:
-    """A collated window batch as in /tmp/formats.md, with ``valid[b]`` real clips in window b."""
+    """A collated window batch (the data pipeline's window-batch contract), with ``valid[b]`` real clips in window b."""
     g = torch.Generator().manual_seed(1)
     clip_mask = torch.zeros(B, N, dtype=torch.bool)
     sentences, context = [], []

@@ -162,7 +162,7 @@ def _special_ids(tokenizer) -> tuple[int, int, int]:
 
 
 def prepare_batch(batch: dict, tokenizer, cfg: CaptionerConfig) -> dict[str, torch.Tensor]:
-    """Turn a collated window batch (/tmp/formats.md) into the tensors ``forward`` / ``generate`` take.
+    """Turn a collated window batch (data/wds_pipeline.py) into the tensors ``forward`` / ``generate`` take.
 
     The valid clips (``clip_mask``) of all windows are flattened window-major into V rows. Clip i's text is
     [context: last ``context_ads`` ADs before it — the window's ``context`` then the window's own earlier ADs]
