@@ -87,6 +87,11 @@ def build_engine(model: torch.nn.Module, train: TrainArgs, ds: DeepSpeedArgs):
     import deepspeed
 
     ds_cfg = build_ds_config(ds, train)
+    for name, p in model.named_parameters():
+        if p.dim() == 0:
+            # DeepSpeed's parameter broadcast views every tensor as bytes, which 0-d tensors cannot do.
+            p.data = p.data.reshape(1)
+            logger.debug("parameter %s reshaped from () to (1,) for DeepSpeed", name)
     groups = [g for g in param_groups(model, train.weight_decay) if g["params"]]
     if not groups:
         raise ConfigError("the model has no trainable parameters")

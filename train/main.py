@@ -25,6 +25,12 @@ def _trivial() -> tuple[type, Callable[[Any], dict]]:
     return TrivialJob, lambda cfg: fit(TrivialTask(cfg), cfg, job="trivial")
 
 
+def _stage1() -> tuple[type, Callable[[Any], dict]]:
+    from distinctad.train.stage1 import Stage1Job, run
+
+    return Stage1Job, run
+
+
 def _stage2() -> tuple[type, Callable[[Any], dict]]:
     from distinctad.train.stage2 import Stage2Job, run
 
@@ -34,7 +40,7 @@ def _stage2() -> tuple[type, Callable[[Any], dict]]:
 # job name -> lazy (config class, runner); imports stay lazy so --help is instant.
 JOBS: dict[str, Callable[[], tuple[type, Callable[[Any], dict]]]] = {
     "trivial": _trivial,
-    "stage1": _trivial,  # the Stage-I job replaces the trivial model here
+    "stage1": _stage1,
     "stage2": _stage2,
 }
 
@@ -61,7 +67,13 @@ def _strip_launcher_args(argv: list[str]) -> list[str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (returns nothing: a console script's return value becomes its exit status)."""
+    run_job(argv)
+
+
+def run_job(argv: list[str] | None = None) -> dict:
+    """Parse ``JOB [CONFIG] [overrides]``, run the job, return its summary."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the model hub: weights come from local paths
     argv = _strip_launcher_args(list(sys.argv[1:] if argv is None else argv))
     usage = USAGE.format(jobs=", ".join(JOBS))
@@ -96,12 +108,12 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def launch(job: str, argv: list[str], default_config) -> dict:
+def launch(job: str, argv: list[str], default_config) -> None:
     """What ``launch/<job>.sh`` runs on every rank: ``main`` with the job's default config unless one is given."""
     argv = _strip_launcher_args(argv)
     if not argv or argv[0].startswith("--") and argv[0] not in ("-h", "--help"):
         argv = [str(default_config), *argv]
-    return main([job, *argv])
+    run_job([job, *argv])
 
 
 if __name__ == "__main__":

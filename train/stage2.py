@@ -112,7 +112,7 @@ def resolve_tokenizer(cfg: Stage2Job) -> None:
         logger.info("training a BPE tokenizer on the training ADs into %s", out)
         train_bpe_tokenizer(shard_sentences(cfg.data.train_shards), vocab_size=2000, out_dir=out)
     D.barrier()
-    cfg.model.tokenizer = str(out)
+    cfg.model.tokenizer = str(out.resolve())
 
 
 class Stage2Task:

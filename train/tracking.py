@@ -176,3 +176,55 @@ class Tracker(BaseLogger):
 
     def close(self, status: str = "FINISHED") -> None:
         self.backend.close(status)
+
+
+class ParentRun:
+    """An MLflow run that groups child runs (a pipeline, an ablation grid); rank 0 only, never fatal.
+
+    It uses the client API, not the fluent one, so child jobs can start their own (fluent) runs while it is open.
+    """
+
+    def __init__(self, uri: str, experiment: str, run_name: str, enabled: bool = True):
+        self.run_id = ""
+        self.client = None
+        if not enabled or mlflow is None:
+            return
+        try:
+            uri = tracking_uri(uri)
+            if uri.startswith(("http://", "https://")) and not _http_reachable(uri):
+                raise ConnectionError(f"{uri} is unreachable")
+            mlflow.set_tracking_uri(uri)
+            self.client = mlflow.MlflowClient(uri)
+            exp = self.client.get_experiment_by_name(experiment)
+            if exp is None:
+                artifacts = None if uri.startswith("http") else Path("mlartifacts").resolve().as_uri()
+                exp_id = self.client.create_experiment(experiment, artifact_location=artifacts)
+            else:
+                exp_id = exp.experiment_id
+            self.run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
+        except Exception as e:  # noqa: BLE001
+            self.client = None
+            warn_once(logger, f"MLflow parent run not created ({str(e).splitlines()[0] if str(e) else e}); "
+                      "child runs are logged without a parent")
+
+    def _call(self, fn: str, *args: Any, **kwargs: Any) -> None:
+        if self.client is None:
+            return
+        try:
+            getattr(self.client, fn)(self.run_id, *args, **kwargs)
+        except Exception as e:  # noqa: BLE001
+            warn_once(logger, f"MLflow parent run: {fn} failed ({str(e).splitlines()[0] if str(e) else e})")
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        for k, v in params.items():
+            self._call("log_param", k, str(v)[:6000])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        for k, v in metrics.items():
+            self._call("log_metric", metric_name(k), float(v), step=step)
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self._call("log_artifact", str(path), artifact_path)
+
+    def close(self, status: str = "FINISHED") -> None:
+        self._call("set_terminated", status)

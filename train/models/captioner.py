@@ -365,7 +365,10 @@ class DistinctADCaptioner(nn.Module):
             V, P, E = prompt.shape
             embed = self.llm.get_input_embeddings()
             gen_ids, gen_mask = prepared["gen_ids"], prepared["gen_mask"].bool()
-            rows = [torch.cat([prompt[v], embed(gen_ids[v][gen_mask[v]])], dim=0) for v in range(V)]
+            # One embedding call for all rows: under ZeRO-3 every module call is collective, so it must not
+            # depend on this rank's number of clips.
+            gen_emb = embed(gen_ids)  # (V, S_g, E)
+            rows = [torch.cat([prompt[v], gen_emb[v][gen_mask[v]]], dim=0) for v in range(V)]
             S = max(r.shape[0] for r in rows)
             inputs = prompt.new_zeros(V, S, E)
             attn = torch.zeros(V, S, dtype=torch.long, device=prompt.device)

@@ -1,0 +1,421 @@
+"""The Stage-I job: CLIP-AD adaptation of the CLIP vision tower on (clip frames, AD) pairs (DESIGN §4).
+
+``deepspeed launch/stage1.sh [CONFIG.yaml] [--section.key VALUE ...]`` runs :class:`Stage1Task` through the shared
+loop (:func:`distinctad.train.loop.fit`): DeepSpeed ZeRO-1/2, checkpoint/resume, MLflow. What this module adds:
+
+- **Data**: ``frames`` shards streamed by :func:`distinctad.data.wds_pipeline.get_wds_loader`, each frame through
+  open_clip's train transform (RandomResizedCrop) or, with augmentation off and for evaluation, its eval transform.
+  With no shards configured the embedded SynthMAD default is generated and sharded under ``data.synth_dir``.
+- **Loss**: :class:`~distinctad.train.stage1_losses.Stage1Loss` (global video–AD InfoNCE + frame–word MIL-NCE,
+  negatives gathered across ranks); both terms are logged separately.
+- **Evaluation** (every ``train.eval_every`` steps and at the end): video→text and text→video R@1/5/10 over the
+  whole held-out split (embeddings gathered from every rank, padding rows dropped); the same for the vanilla model
+  (the CLIP as built, before any step) once, as the baseline; optionally on training clips; and on rank 0 the
+  Fig. B.2 similarity PNG of one eval movie, logged to MLflow with its band means.
+- **Export**: at the end, rank 0 writes the adapted model with :func:`save_clip` to ``<run dir>/clip_ad/``, the
+  folder ``distinctad-extract --pretrained`` loads. Trainable weights come from DeepSpeed's fp32 master copy and
+  frozen ones from the model as built, so a bf16 run exports full-precision weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distinctad.data.atomic import atomic_write_json
+from distinctad.data.wds_pipeline import DataInfo, expand_shards, get_wds_loader
+from distinctad.train import distributed as D
+from distinctad.train.config import ConfigError
+from distinctad.train.fig_b2 import similarity_figure
+from distinctad.train.loop import engine_dtype
+from distinctad.train.models.clip_ad import (
+    CLIPAD,
+    DEFAULT_MODEL,
+    TINY_MODEL,
+    WeightsNotFoundError,
+    build_clip_ad,
+    clip_transforms,
+    pool_video,
+    save_clip,
+)
+from distinctad.train.params import DeepSpeedArgs, RunArgs, TrackingArgs, TrainArgs, opt, section
+from distinctad.train.retrieval import retrieval_metrics
+from distinctad.train.stage1_losses import Stage1Loss, Stage1LossConfig
+
+logger = logging.getLogger(__name__)
+
+EXPORT_DIR = "clip_ad"
+"""Sub-folder of the run directory holding the exported CLIP-AD (open_clip folder layout)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class Stage1ModelArgs:
+    name: str = opt(DEFAULT_MODEL, f"open_clip architecture: ViT-B-32, ViT-B-16, or {TINY_MODEL} (tests, SynthMAD).")
+    pretrained: str = opt("", "Local CLIP weights: checkpoint file, folder (e.g. a previous run's clip_ad/), or an "
+                          "open_clip tag already in the local cache; empty: random init (tests only). Nothing is "
+                          "ever downloaded.")
+    cache_dir: str = opt("", "Hugging Face / open_clip cache folder to look tags up in; empty: the standard caches.")
+    trainable_vision_blocks: int | None = opt(None, "null: train the whole vision tower; k: only its last k blocks "
+                                              "(+ ln_post and proj). The text tower is always frozen.")
+    grad_checkpointing: bool = opt(False, "Activation checkpointing in the vision transformer (memory for speed).")
+    image_size: int = opt(0, "Override the vision input size (position embeddings resized); 0: the model's own.")
+    skip_punctuation: bool = opt(True, "Leave pure-punctuation BPE tokens out of the MIL words.")
+    export: bool = opt(True, "At the end, save the adapted model to <run dir>/clip_ad (what extraction loads).")
+
+    def __post_init__(self) -> None:
+        if self.trainable_vision_blocks is not None and self.trainable_vision_blocks < 0:
+            raise ConfigError(f"model.trainable_vision_blocks must be null or >= 0, got {self.trainable_vision_blocks}")
+        if self.image_size < 0:
+            raise ConfigError(f"model.image_size must be >= 0, got {self.image_size}")
+
+
+@dataclass
+class Stage1DataArgs:
+    train_shards: str = opt("", "Training frames shards: a folder, a brace pattern or a list; empty: SynthMAD.")
+    eval_shards: str = opt("", "Held-out frames shards for retrieval and Fig. B.2; empty: SynthMAD's eval split "
+                           "(only when train_shards is empty too).")
+    synth_dir: str = opt("work/synthmad", "Where the SynthMAD default is generated and sharded (reused if there).")
+    synth_movies: int = opt(4, "SynthMAD: number of movies (the last one is the eval split).")
+    synth_ads_per_movie: int = opt(48, "SynthMAD: ADs per movie.")
+    num_workers: int = opt(2, "DataLoader workers per rank (JPEG decoding and CLIP preprocessing).")
+    augment: bool = opt(True, "Train with open_clip's RandomResizedCrop (drawn per frame); off: the eval transform.")
+    aug_scale: list[float] = opt([0.9, 1.0], "RandomResizedCrop area range (open_clip's default).")
+    eval_batch_size: int = opt(0, "Clips per rank per eval forward; 0: train.micro_batch_size.")
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if len(self.aug_scale) != 2 or not 0 < self.aug_scale[0] <= self.aug_scale[1] <= 1:
+            raise ConfigError(f"data.aug_scale must be [lo, hi] with 0 < lo <= hi <= 1, got {self.aug_scale}")
+        if self.eval_shards and not self.train_shards:
+            raise ConfigError("data.eval_shards is set but data.train_shards is empty (SynthMAD brings its own)")
+
+
+@dataclass
+class Stage1EvalArgs:
+    vanilla_baseline: bool = opt(True, "Also report retrieval of the model as built (vanilla CLIP), once, as "
+                                 "val/vanilla_*.")
+    train_shards: int = opt(0, "Also report retrieval on the first this many training shards (eval transform) as "
+                            "val/train_*: how well the training clips are fit. 0: off; -1: all of them.")
+    figure: bool = opt(True, "Draw the Fig. B.2 similarity matrices (vanilla CLIP, CLIP-AD, AD text) of one eval "
+                       "movie.")
+    figure_movie: str = opt("", "Movie of the figure; empty: the first movie of the eval shards.")
+    figure_clips: int = opt(32, "Consecutive clips (from the movie's first AD) in the figure.")
+    figure_band: int = opt(3, "Band half-width w of the figure's band means (pairs with 1 <= |i-j| <= w).")
+
+    def __post_init__(self) -> None:
+        if self.train_shards < -1:
+            raise ConfigError(f"eval.train_shards must be -1, 0 or a count, got {self.train_shards}")
+        if self.figure_clips < 2 or self.figure_band < 1:
+            raise ConfigError("eval.figure_clips must be >= 2 and eval.figure_band >= 1")
+
+
+@dataclass
+class Stage1Job:
+    run: RunArgs = section(RunArgs, "Run identity, output directory, seed, resume.")
+    train: TrainArgs = section(TrainArgs, "Optimisation, logging and checkpoint cadence.")
+    deepspeed: DeepSpeedArgs = section(DeepSpeedArgs, "DeepSpeed JSON, ZeRO stage, precision.")
+    tracking: TrackingArgs = section(TrackingArgs, "MLflow tracking.")
+    model: Stage1ModelArgs = section(Stage1ModelArgs, "The CLIP-AD model: architecture, weights, what trains.")
+    loss: Stage1LossConfig = section(Stage1LossConfig, "Global InfoNCE + frame-word MIL-NCE.")
+    data: Stage1DataArgs = section(Stage1DataArgs, "Frames shards and preprocessing.")
+    eval: Stage1EvalArgs = section(Stage1EvalArgs, "Retrieval metrics and the Fig. B.2 analysis.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data
+
+
+def resolve_shards(data: Stage1DataArgs) -> tuple[str, str]:
+    """(train, eval) shard specs; generates the SynthMAD default on rank 0 when none are configured (collective)."""
+    if data.train_shards:
+        return data.train_shards, data.eval_shards
+    dirs = None
+    if D.is_master():
+        from distinctad.data.synth_default import ensure_synthmad
+
+        dirs = ensure_synthmad(data.synth_dir, kinds=("frames",), movies=data.synth_movies,
+                               ads_per_movie=data.synth_ads_per_movie)
+    dirs = D.broadcast_object(dirs)
+    return dirs["frames-train"], dirs["frames-eval"]
+
+
+def _shard_movies(urls: list[str]) -> dict[str, list[str]] | None:
+    """shard path -> movies it holds, from the ``manifest.json`` beside the shards (None without one)."""
+    folder = os.path.dirname(urls[0])
+    path = os.path.join(folder, "manifest.json")
+    if not os.path.isfile(path):
+        return None
+    records = {r["file"]: r.get("movies", []) for r in json.loads(Path(path).read_text()).get("shards", [])}
+    return {u: records.get(os.path.basename(u), []) for u in urls}
+
+
+def read_movie_clips(shards: str, preprocess, movie: str = "", max_clips: int = 32
+                     ) -> tuple[str, torch.Tensor, list[str], list[int]]:
+    """The first ``max_clips`` clips (in AD order) of one movie of a frames shard set, read on this rank alone.
+
+    Only the shards the manifest lists for the movie are read. Returns (movie, images (n, T, 3, H, W),
+    sentences, ad_indices).
+    """
+    urls = expand_shards(shards)
+    movies = _shard_movies(urls)
+    if movies is not None:
+        movie = movie or next((m for u in urls for m in movies[u]), "")
+        urls = [u for u in urls if movie in movies[u]] or urls
+    info = get_wds_loader(urls, "frames", 16, is_train=False, pad_eval=False, preprocess=preprocess,
+                          rank=0, world_size=1)
+    found: dict[int, tuple[torch.Tensor, str]] = {}
+    for batch in info.dataloader:
+        for i, m in enumerate(batch["movie"]):
+            movie = movie or m
+            if m == movie:
+                found[int(batch["ad_index"][i])] = (batch["images"][i], batch["sentence"][i])
+    if len(found) < 2:
+        raise ConfigError(f"eval.figure_movie: movie {movie!r} has {len(found)} clip(s) in {shards}; need 2")
+    order = sorted(found)[:max_clips]
+    return movie, torch.stack([found[i][0] for i in order]), [found[i][1] for i in order], order
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Task
+
+
+def logit_scale_1d(model: CLIPAD) -> None:
+    """Make open_clip's 0-d ``logit_scale`` a (1,) parameter before DeepSpeed sees it.
+
+    DeepSpeed 0.19's ``_broadcast_model`` views every parameter as bytes (``p.data.view(torch.uint8)``), which
+    raises on 0-d tensors. The value and its gradient are unchanged; :meth:`Stage1Task.export` writes it back 0-d.
+    """
+    scale = model.clip.logit_scale
+    if scale.dim() == 0:
+        model.clip.logit_scale = nn.Parameter(scale.detach().reshape(1), requires_grad=scale.requires_grad)
+
+
+class Stage1Task:
+    """The Stage-I :class:`~distinctad.train.loop.Task`: frames shards in, CLIP-AD trained, retrieval out."""
+
+    def __init__(self, cfg: Stage1Job):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run.out_dir)
+        self.train_spec, self.eval_spec = resolve_shards(cfg.data)
+        if not self.eval_spec:
+            logger.warning("no data.eval_shards: retrieval and Fig. B.2 are skipped")
+        self.loss_fn = Stage1Loss(cfg.loss, rank=D.get_rank(), world_size=D.get_world_size())
+        self.vanilla: CLIPAD | None = None
+        self.train_info: DataInfo | None = None
+        self._eval_sets: dict[str, DataInfo] | None = None
+        self._vanilla_metrics: dict[str, float] | None = None
+        self._figure: dict[str, Any] | None = None
+
+    # -- model ---------------------------------------------------------------------------------------------------
+
+    def build_model(self) -> nn.Module:
+        m = self.cfg.model
+        if not m.pretrained and m.name != TINY_MODEL:
+            logger.warning("model.pretrained is empty: %s starts from random weights (only useful for tests and "
+                           "benchmarks; Stage-I adapts a pretrained CLIP)", m.name)
+        try:
+            model = build_clip_ad(m.name, m.pretrained or None, trainable_vision_blocks=m.trainable_vision_blocks,
+                                  skip_punctuation=m.skip_punctuation, grad_checkpointing=m.grad_checkpointing,
+                                  cache_dir=m.cache_dir or None, image_size=m.image_size or None)
+        except (WeightsNotFoundError, ValueError) as e:
+            raise ConfigError(f"model: {e}") from None
+        # The model as built, before any step (and before a resumed checkpoint is loaded): the "vanilla CLIP" of
+        # the baseline metrics and of Fig. B.2, and the source of the frozen weights at export (fp32, whatever the
+        # engine's precision). It costs one more copy of the model in memory (~600 MB for ViT-B/32).
+        self.vanilla = copy.deepcopy(model).eval().requires_grad_(False)
+        logit_scale_1d(model)
+        aug = {"scale": tuple(self.cfg.data.aug_scale)}
+        self.train_tf, self.eval_tf = clip_transforms(model, aug)
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        n_all = sum(p.numel() for p in model.parameters())
+        logger.info("CLIP-AD %s: %.2fM of %.2fM parameters trainable (text tower frozen)", m.name, n_train / 1e6,
+                    n_all / 1e6)
+        return model
+
+    # -- training ------------------------------------------------------------------------------------------------
+
+    def batches(self, epoch: int, skip: int) -> Iterator[dict]:
+        if self.train_info is None:
+            d = self.cfg.data
+            self.train_info = get_wds_loader(
+                self.train_spec, "frames", self.cfg.train.micro_batch_size, is_train=True,
+                num_workers=d.num_workers, seed=self.cfg.run.seed,
+                preprocess=self.train_tf if d.augment else self.eval_tf)
+            logger.info("training on %d clips/epoch: %d batches per rank", self.train_info.num_samples,
+                        self.train_info.num_batches)
+        self.train_info.set_epoch(epoch, skip)
+        yield from self.train_info.dataloader
+
+    def loss(self, engine, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        images = batch["images"].to(engine.device, engine_dtype(engine), non_blocking=True)  # (B, T, 3, H, W)
+        out = self.loss_fn(**engine(images, batch["sentence"]))
+        return out["loss"], {"global_loss": out["global_loss"].item(), "mil_loss": out["mil_loss"].item(),
+                             "logit_scale": engine.module.logit_scale.item()}
+
+    def samples_in(self, batch: dict) -> int:
+        return len(batch["sentence"])
+
+    # -- evaluation ----------------------------------------------------------------------------------------------
+
+    def _eval_loaders(self) -> dict[str, DataInfo]:
+        if self._eval_sets is None:
+            bs = self.cfg.data.eval_batch_size or self.cfg.train.micro_batch_size
+            workers = self.cfg.data.num_workers
+            sets = {}
+            if self.eval_spec:
+                sets[""] = get_wds_loader(self.eval_spec, "frames", bs, is_train=False, num_workers=workers,
+                                          preprocess=self.eval_tf)
+            k = self.cfg.eval.train_shards
+            if k:
+                urls = expand_shards(self.train_spec)
+                sets["train_"] = get_wds_loader(urls if k < 0 else urls[:k], "frames", bs, is_train=False,
+                                                num_workers=workers, preprocess=self.eval_tf)
+            self._eval_sets = sets
+        return self._eval_sets
+
+    def _autocast(self, engine):
+        """Eval forwards of the fp32 vanilla copy and the (maybe bf16) engine module in the engine's precision."""
+        dtype = engine_dtype(engine)
+        return torch.autocast(engine.device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    def _embed(self, info: DataInfo, models: dict[str, CLIPAD], device) -> dict[str, Any]:
+        """Pooled video embeddings of every model and AD text embeddings over one eval set, gathered from all ranks.
+
+        Returns {"key": [N], "text": (N, E), <model name>: (N, E)} on the CPU, rows sorted by key.
+        """
+        keys: list[str] = []
+        outs: dict[str, list[torch.Tensor]] = {name: [] for name in [*models, "text"]}
+        for batch in info.dataloader:
+            valid = batch["valid"]
+            if not valid.any():
+                continue
+            images = batch["images"][valid].to(device)  # (b, T, 3, H, W)
+            sentences = [s for s, v in zip(batch["sentence"], valid.tolist()) if v]
+            keys += [k for k, v in zip(batch["key"], valid.tolist()) if v]
+            for name, model in models.items():
+                outs[name].append(pool_video(model.encode_video(images)).float().cpu())
+            outs["text"].append(next(iter(models.values())).encode_text(sentences).float().cpu())
+        local = (keys, {n: torch.cat(v) if v else None for n, v in outs.items()})
+        gathered = D.all_gather_object(local)
+        all_keys = [k for ks, _ in gathered for k in ks]
+        order = sorted(range(len(all_keys)), key=all_keys.__getitem__)
+        result: dict[str, Any] = {"key": [all_keys[i] for i in order]}
+        for name in outs:
+            parts = [t[name] for _, t in gathered if t[name] is not None]
+            result[name] = torch.cat(parts)[order] if parts else torch.empty(0)
+        return result
+
+    def evaluate(self, engine, tracker, step: int) -> dict[str, float]:
+        """Retrieval on the held-out split (and optionally training clips), Fig. B.2, export at the end."""
+        metrics: dict[str, float] = {}
+        model: CLIPAD = engine.module
+        want_vanilla = self.cfg.eval.vanilla_baseline and self._vanilla_metrics is None
+        if self.vanilla is not None:
+            self.vanilla.to(engine.device)
+        with self._autocast(engine):
+            for prefix, info in self._eval_loaders().items():
+                models = {"adapted": model, **({"vanilla": self.vanilla} if want_vanilla else {})}
+                emb = self._embed(info, models, engine.device)
+                n = len(emb["key"])
+                if n < 2:
+                    logger.warning("eval set %r has %d clip(s): no retrieval metrics", prefix or "eval", n)
+                    continue
+                metrics.update({f"{prefix}{k}": v for k, v in retrieval_metrics(emb["adapted"], emb["text"]).items()})
+                metrics[f"{prefix}clips"] = float(n)
+                metrics[f"{prefix}chance_R@1"] = 100.0 / n
+                if want_vanilla:
+                    van = retrieval_metrics(emb["vanilla"], emb["text"])
+                    self._vanilla_metrics = {**(self._vanilla_metrics or {}),
+                                             **{f"vanilla_{prefix}{k}": v for k, v in van.items()}}
+            metrics.update(self._vanilla_metrics or {})
+            if self.cfg.eval.figure and self.eval_spec:
+                metrics.update(self._fig_b2(engine, tracker, step))
+        if step >= self.cfg.train.max_steps and self.cfg.model.export:
+            self.export(engine, step)
+        return metrics
+
+    def _fig_b2(self, engine, tracker, step: int) -> dict[str, float]:
+        """Rank 0 draws the figure; every rank returns its band means (so all summaries agree)."""
+        stats: dict[str, float] = {}
+        if D.is_master():
+            e = self.cfg.eval
+            if self._figure is None:
+                movie, images, sentences, _ = read_movie_clips(self.eval_spec, self.eval_tf, e.figure_movie,
+                                                               e.figure_clips)
+                self._figure = {"movie": movie, "images": images, "sentences": sentences}
+            fig = self._figure
+            images = fig["images"].to(engine.device)
+
+            def video(model: CLIPAD) -> torch.Tensor:
+                return torch.cat([pool_video(model.encode_video(images[s:s + 16])).float().cpu()
+                                  for s in range(0, len(images), 16)])
+
+            if "vanilla" not in fig:  # the vanilla model never changes: embed once
+                fig["vanilla"] = video(self.vanilla if self.vanilla is not None else engine.module)
+                fig["text"] = engine.module.encode_text(fig["sentences"]).float().cpu()
+            png = self.run_dir / "fig_b2" / f"{fig['movie']}_step{step:08d}.png"
+            out = similarity_figure(fig["vanilla"], video(engine.module), fig["text"], png, band=e.figure_band,
+                                    title=f"{fig['movie']}: {len(images)} consecutive clips, step {step}")
+            tracker.log_artifact(png, artifact_path="fig_b2")
+            logger.info("Fig. B.2 written to %s", png)
+            stats = {f"fig_{k}": v for k, v in out.items() if k.endswith("band_mean")}
+        return D.broadcast_object(stats)
+
+    # -- export --------------------------------------------------------------------------------------------------
+
+    def export(self, engine, step: int) -> Path | None:
+        """Save the adapted model to ``<run dir>/clip_ad`` with :func:`save_clip` (collective; rank 0 writes).
+
+        Trainable parameters: DeepSpeed's fp32 master weights (``safe_get_full_fp32_param``, a collective under
+        ZeRO-1/2); frozen ones: the model as built, so neither is rounded to bf16.
+        """
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        trained = {}
+        for name, p in engine.module.named_parameters():
+            if p.requires_grad:
+                full = safe_get_full_fp32_param(p)
+                trained[name] = (full if full is not None else p).detach().float().cpu()
+        if not D.is_master():
+            return None
+        export = copy.deepcopy(self.vanilla if self.vanilla is not None else engine.module).float().cpu()
+        state = export.state_dict()
+        missing = set(trained) - set(state)
+        if missing:
+            raise RuntimeError(f"export: trained parameters not in the model: {sorted(missing)[:3]}")
+        state.update({k: v.reshape(state[k].shape) for k, v in trained.items()})  # logit_scale back to 0-d
+        export.load_state_dict(state)
+        out_dir = self.run_dir / EXPORT_DIR
+        weights = save_clip(export, out_dir, self.cfg.model.name)
+        atomic_write_json(out_dir / "stage1_export.json", {
+            "model": self.cfg.model.name, "pretrained": self.cfg.model.pretrained, "step": step,
+            "run_dir": str(self.run_dir), "weights": weights.name})
+        logger.info("exported CLIP-AD (step %d) to %s", step, out_dir)
+        return out_dir
+
+
+def run(cfg: Stage1Job) -> dict:
+    """Train Stage-I as ``cfg`` says (collective); returns the loop's summary."""
+    from distinctad.train.engine import build_ds_config
+    from distinctad.train.loop import fit
+
+    if cfg.train.micro_batch_size < 2 and D.get_world_size() < 2:
+        raise ConfigError("train.micro_batch_size must be >= 2 on one rank: the contrastive loss needs negatives")
+    if build_ds_config(cfg.deepspeed, cfg.train)["zero_optimization"]["stage"] == 3:
+        # ZeRO-3 would partition the logit scale the loss reads every step; a ViT-B tower fits any GPU anyway.
+        raise ConfigError("Stage-I runs under ZeRO 0, 1 or 2: set deepspeed.zero_stage to 1 or 2")
+    return fit(Stage1Task(cfg), cfg, job="stage1")
