@@ -14,6 +14,13 @@ def init_logger(level: int | str = logging.INFO, rank: int | None = None) -> Non
     if rank is None:
         rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(format=FORMAT, level=level if rank == 0 else logging.WARNING, force=True)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_quiet_root_info)
+
+
+def _quiet_root_info(record: logging.LogRecord) -> bool:
+    """Drop INFO chatter that libraries (open_clip) send through the root logger; keep their warnings."""
+    return record.name != "root" or record.levelno >= logging.WARNING
 
 
 def warn_once(logger: logging.Logger, message: str) -> None:

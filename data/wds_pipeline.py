@@ -157,6 +157,7 @@ class _Decoder:
     num_frames: int
     preprocess: Callable | None
     unsafe: SharedValue
+    skip_empty_ads: bool = False
 
     def __call__(self, raw: dict) -> dict:
         s = decode_sample(raw, self.unsafe)
@@ -164,6 +165,12 @@ class _Decoder:
             raise ValueError(f"{raw.get('__key__')}: no json member")
         meta = s["json"]
         key = s["__key__"]
+        if self.skip_empty_ads:
+            # Training never learns an empty AD. A window is skipped whole: its clips are each other's context
+            # and distinctive-word negatives, so dropping one clip would change what the others learn.
+            sentences = meta.get("sentence")
+            if any(not str(x).strip() for x in (sentences if isinstance(sentences, list) else [sentences])):
+                raise ValueError(f"{key}: empty AD sentence (sample skipped in training)")
         if self.kind == "window":
             n = int(meta["num_valid"])
             if not (1 <= n <= self.window) or len(meta["sentence"]) != n or len(meta["ad_index"]) != n:
@@ -533,7 +540,7 @@ def get_wds_loader(
     skipped, unsafe = SharedValue(0), SharedValue(0)
     placement = _Placement(rank, world, shared_epoch, shared_skip)
     handler = CountingHandler(skipped, "sample")
-    decoder = _Decoder(kind, window, num_frames, preprocess, unsafe)
+    decoder = _Decoder(kind, window, num_frames, preprocess, unsafe, skip_empty_ads=is_train)
     collate = _Collate(kind, window, num_frames, info.get("feature_dim"))
 
     if is_train:

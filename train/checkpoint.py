@@ -8,18 +8,31 @@ Layout of ``<run dir>/checkpoints``::
 
 ``latest`` moves only after every rank has written its part, so a crash or a full disk mid-save leaves the
 previous checkpoint as the one a relaunch resumes from. Old checkpoints are pruned only after that.
+
+Loading never runs pickled code: DeepSpeed's own engine calls ``torch.load(weights_only=False)``, so every engine
+gets a :class:`SafeTorchCheckpointEngine` that loads with ``weights_only=True`` and allows only the few plain-data
+DeepSpeed classes its checkpoints hold (the RNG states we add are stored as plain Python values for the same
+reason). A checkpoint holding anything else is refused with a :class:`CheckpointError`.
+
+Testing hook (never set it outside tests): ``DISTINCTAD_FAULT_ENOSPC_AT_STEP=n`` makes the checkpoint of step ``n``
+fail with ``OSError(ENOSPC)`` on rank ``$DISTINCTAD_FAULT_RANK`` (default: the last rank) after a partial write, as
+a full disk would.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
 from distinctad.data.atomic import atomic_write_text
 from distinctad.train import distributed as D
@@ -27,6 +40,7 @@ from distinctad.train.config import save_config
 
 logger = logging.getLogger(__name__)
 LATEST = "latest"
+TAG_RE = re.compile(r"step_\d{8}")
 
 
 class CheckpointError(RuntimeError):
@@ -37,8 +51,94 @@ def tag_for(step: int) -> str:
     return f"step_{step:08d}"
 
 
+def fault_rank() -> int:
+    """The rank a fault-injection hook fires on: ``$DISTINCTAD_FAULT_RANK``, default the last rank."""
+    return int(os.environ.get("DISTINCTAD_FAULT_RANK", D.get_world_size() - 1))
+
+
+# ---------------------------------------------------------------- weights-only loading
+
+
+def _deepspeed_safe_globals() -> list[Any]:
+    """Plain-data classes DeepSpeed pickles into its checkpoints (found with
+    ``torch.serialization.get_unsafe_globals_in_checkpoint`` on ZeRO 0-3 checkpoints): the loss scaler's settings,
+    the ZeRO stage enum and the (numel, start) fragment addresses of ZeRO-1/2 optimizer states."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e)
+    m = re.search(r"Unsupported global: GLOBAL (\S+)", text) or re.search(r"Unsupported operand \S+", text)
+    if m:
+        return m.group(0)
+    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
+
+
+class SafeTorchCheckpointEngine(TorchCheckpointEngine):
+    """DeepSpeed's torch checkpoint engine with ``weights_only=True`` loads and collective-friendly save errors.
+
+    A failed write does not raise inside DeepSpeed's ``save_checkpoint`` (its ranks would then disagree on the
+    barriers that follow and hang); the first error is kept in :attr:`error` and later writes of the same save are
+    skipped. :func:`save` turns it into a :class:`CheckpointError` on every rank.
+    """
+
+    def __init__(self, config_params=None):
+        super().__init__(config_params)
+        self.error: OSError | None = None
+        self.fault_tag: str | None = None  # testing hook: the tag whose save fails with ENOSPC on this rank
+
+    def save(self, state_dict, path: str) -> None:
+        if self.error is not None:
+            return
+        try:
+            if self.fault_tag is not None and Path(path).parent.name == self.fault_tag:
+                with open(path, "wb") as f:
+                    f.write(b"PK\x03\x04 partial")  # what a full disk leaves behind
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+            super().save(state_dict, path)
+        except OSError as e:
+            self.error = e
+
+    def load(self, path: str, map_location=None):
+        try:
+            with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint file missing: {path}") from None
+        except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError (bad zip), EOFError...
+            raise CheckpointError(f"refusing to load {path}: not a plain weights file ({_first_line(e)}); "
+                                  "checkpoints load with torch.load(weights_only=True) and never run pickled "
+                                  "code") from None
+
+
+def use_safe_engine(engine) -> SafeTorchCheckpointEngine:
+    """Swap the DeepSpeed engine's checkpoint engine for :class:`SafeTorchCheckpointEngine` (idempotent)."""
+    current = getattr(engine, "checkpoint_engine", None)
+    if isinstance(current, SafeTorchCheckpointEngine):
+        return current
+    if current is not None and type(current) is not TorchCheckpointEngine:
+        raise CheckpointError(f"DeepSpeed checkpoint engine {type(current).__name__} is not supported: DistinctAD "
+                              "only loads checkpoints with torch.load(weights_only=True)")
+    safe = SafeTorchCheckpointEngine(None)
+    if current is not None:
+        safe.zipfile_serialization = current.zipfile_serialization
+    engine.checkpoint_engine = safe
+    return safe
+
+
+# ---------------------------------------------------------------- RNG
+
+
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This rank's RNG streams as tensors and plain Python values (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -46,37 +146,77 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys).astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
 
 
+# ---------------------------------------------------------------- save / resume
+
+
 def latest_tag(ckpt_dir: str | Path) -> str | None:
+    """The tag ``latest`` names, or None; anything but ``step_NNNNNNNN`` is refused (no path tricks)."""
     f = Path(ckpt_dir) / LATEST
-    return f.read_text().strip() if f.is_file() else None
+    if not f.is_file():
+        return None
+    tag = f.read_text().strip()
+    if not TAG_RE.fullmatch(tag):
+        raise CheckpointError(f"{f}: expected a checkpoint tag like step_00000100, got {tag[:40]!r}")
+    return tag
 
 
 def save(engine, ckpt_dir: str | Path, step: int, client_state: dict[str, Any], cfg: Any, keep: int) -> Path:
-    """Collective: every rank must call it with the same ``step``."""
+    """Collective: every rank must call it with the same ``step``.
+
+    Raises:
+        CheckpointError: on every rank, if any rank could not write its part (disk full, read-only directory);
+            the half-written checkpoint is removed and ``latest`` still names the previous one.
+    """
     ckpt_dir = Path(ckpt_dir)
     tag = tag_for(step)
+    safe = use_safe_engine(engine)
+    safe.error = None
+    fault = os.environ.get("DISTINCTAD_FAULT_ENOSPC_AT_STEP")
+    safe.fault_tag = tag if fault and int(fault) == step and D.get_rank() == fault_rank() else None
     # Every rank's RNG goes into the state rank 0 writes, so each rank can restore its own stream.
     client_state = {**client_state, "rng": D.all_gather_object(rng_state())}
+    error: OSError | None = None
     try:
         engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
-        if D.is_master():
+        error = safe.error
+        if error is None and D.is_master():
             save_config(cfg, ckpt_dir / tag / "config.yaml")
-    except OSError as e:
-        raise CheckpointError(f"could not write checkpoint {ckpt_dir / tag}: {e.strerror or e}; "
-                              f"the previous checkpoint ({latest_tag(ckpt_dir)}) is intact") from None
-    D.barrier()
+    except OSError as e:  # makedirs and the like, before DeepSpeed's first barrier
+        error = e
+    _raise_if_any_failed(error, ckpt_dir, tag, remove=True)
     if D.is_master():
-        atomic_write_text(ckpt_dir / LATEST, tag)
+        try:
+            atomic_write_text(ckpt_dir / LATEST, tag)
+        except OSError as e:
+            error = e
+    _raise_if_any_failed(error, ckpt_dir, tag, remove=True)
+    if D.is_master():
         _prune(ckpt_dir, keep)
     D.barrier()
     logger.info("checkpoint %s saved", ckpt_dir / tag)
     return ckpt_dir / tag
+
+
+def _raise_if_any_failed(error: OSError | None, ckpt_dir: Path, tag: str, remove: bool) -> None:
+    """Collective: raise the same CheckpointError on every rank if any rank failed."""
+    failed = D.all_gather_object(None if error is None else f"{error.strerror or error} ({error.filename or ''})")
+    if not any(failed):
+        return
+    rank, why = next((r, w) for r, w in enumerate(failed) if w)
+    previous = latest_tag(ckpt_dir)
+    if remove and previous != tag:
+        shutil.rmtree(ckpt_dir / tag, ignore_errors=True)  # free what the partial write took
+    D.barrier()
+    raise CheckpointError(f"could not write checkpoint {ckpt_dir / tag} (rank {rank}: {why.replace(' ()', '')}); "
+                          f"the previous checkpoint {previous or '(none)'} is intact and is where a relaunch "
+                          "resumes")
 
 
 def _prune(ckpt_dir: Path, keep: int) -> None:
@@ -103,7 +243,11 @@ def find_resume(resume: str, ckpt_dir: str | Path) -> tuple[Path, str] | None:
 
 
 def load(engine, root: Path, tag: str, load_optimizer: bool = True) -> dict[str, Any]:
-    """Collective: restore weights, optimizer, scheduler and this rank's RNG; returns the client state."""
+    """Collective: restore weights, optimizer, scheduler and this rank's RNG; returns the client state.
+
+    Every file is read with ``torch.load(weights_only=True)`` (:class:`SafeTorchCheckpointEngine`).
+    """
+    use_safe_engine(engine)
     load_path, client_state = engine.load_checkpoint(
         str(root), tag=tag, load_optimizer_states=load_optimizer, load_lr_scheduler_states=load_optimizer)
     if load_path is None:

@@ -467,8 +467,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Entry point of ``distinctad-extract``; returns this rank's result (see :func:`extract`)."""
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``distinctad-extract`` (returns nothing: a console script's return value is its exit status)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
@@ -492,7 +492,6 @@ def main(argv: list[str] | None = None) -> dict:
         t = result["manifest"]["totals"]
         print(f"extracted {t['ads']} ADs of {t['movies']} movies into {t['samples']} windows / {t['shards']} shards "
               f"in {cfg.out} (wrote {len(result['written'])}, skipped {len(result['skipped'])} complete)")
-    return result
 
 
 if __name__ == "__main__":

@@ -4,6 +4,30 @@ A job supplies a :class:`Task` (what the model is, what a batch is, what the los
 The data position (epoch, micro-batch within the epoch) is part of the checkpoint, and a task's ``batches`` must be
 a deterministic function of (seed, epoch, rank), so a resumed run sees exactly the batches the uninterrupted run
 would have seen.
+
+Faults it survives: a non-finite loss skips the step (all ranks agree) and ``train.max_bad_steps`` of them in a row
+stop the job with :class:`NonFiniteLossError`, the last good checkpoint untouched; corrupt samples are skipped by
+the reader and counted (``data/skipped_samples`` in the metrics, ``skipped_samples`` in ``summary.json``, for tasks
+with a ``skipped_samples()`` method); a tracking server that goes away costs a warning (see ``tracking.py``); a
+failed checkpoint write raises :class:`~distinctad.train.checkpoint.CheckpointError` with ``latest`` unchanged.
+
+Debug option: ``DISTINCTAD_DEBUG_SAMPLES=1`` appends, for tasks with a ``sample_ids(batch)`` method, one line per
+micro-batch to ``<run dir>/samples/rank{r}.jsonl``: ``{"launch": first step of this launch, "epoch", "micro"
+(0-based within the epoch), "step" (the optimizer step it counts towards), "trained", "ids"}``, to check that a
+resumed run sees each sample of an epoch once.
+
+Testing hooks (environment variables, never set outside tests; they fire on rank ``$DISTINCTAD_FAULT_RANK``,
+default the last rank):
+
+- ``DISTINCTAD_FAULT_KILL_AT_STEP=n``: that rank kills itself with SIGKILL right after optimizer step ``n`` (before a
+  checkpoint of step ``n``), as an OOM killer or a lost node would.
+- ``DISTINCTAD_FAULT_NAN_AT_STEPS=a,b,...`` / ``DISTINCTAD_FAULT_INF_AT_STEPS=...``: the loss of the ``a``-th,
+  ``b``-th... forward pass of this launch (1-based; with ``grad_accum`` 1 and nothing skipped before, pass ``n`` is
+  step ``n``) becomes NaN / +inf on that rank.
+- ``DISTINCTAD_FAULT_PAUSE_AT_STEP=n``: rank 0 writes ``<run dir>/paused`` after step ``n`` and waits (at most
+  ``DISTINCTAD_FAULT_PAUSE_S`` seconds, default 120) until the file is removed, so a test can break something
+  (stop the MLflow server) at a known point of the run.
+- ``DISTINCTAD_FAULT_ENOSPC_AT_STEP=n``: see :mod:`distinctad.train.checkpoint`.
 """
 
 from __future__ import annotations
@@ -12,6 +36,8 @@ import dataclasses
 import json
 import logging
 import math
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +74,10 @@ class Task(Protocol):
 
     def samples_in(self, batch: Any) -> int: ...
 
+    # Optional:
+    # def skipped_samples(self) -> int: corrupt samples this rank's reader skipped in this process so far.
+    # def sample_ids(self, batch) -> list: ids of the samples in ``batch`` (for DISTINCTAD_DEBUG_SAMPLES).
+
 
 @dataclasses.dataclass
 class TrainState:
@@ -56,6 +86,79 @@ class TrainState:
     micro_in_epoch: int = 0
     samples_seen: int = 0
     nonfinite_skipped: int = 0
+    skipped_samples: int = 0  # corrupt samples skipped by the readers of all ranks, over all launches
+
+
+@dataclasses.dataclass
+class Faults:
+    """The testing hooks of the module docstring, read from the environment once per launch."""
+
+    rank: int = -1
+    kill_at_step: int = 0
+    nan_at: frozenset[int] = frozenset()
+    inf_at: frozenset[int] = frozenset()
+    pause_at_step: int = 0
+    pause_s: float = 120.0
+
+    @classmethod
+    def from_env(cls) -> Faults:
+        env = os.environ
+
+        def steps(name: str) -> frozenset[int]:
+            return frozenset(int(x) for x in env.get(name, "").split(",") if x.strip())
+
+        return cls(rank=int(env.get("DISTINCTAD_FAULT_RANK", D.get_world_size() - 1)),
+                   kill_at_step=int(env.get("DISTINCTAD_FAULT_KILL_AT_STEP", 0)),
+                   nan_at=steps("DISTINCTAD_FAULT_NAN_AT_STEPS"), inf_at=steps("DISTINCTAD_FAULT_INF_AT_STEPS"),
+                   pause_at_step=int(env.get("DISTINCTAD_FAULT_PAUSE_AT_STEP", 0)),
+                   pause_s=float(env.get("DISTINCTAD_FAULT_PAUSE_S", 120)))
+
+    def corrupt_loss(self, loss: torch.Tensor, forward_pass: int) -> torch.Tensor:
+        if D.get_rank() != self.rank:
+            return loss
+        if forward_pass in self.nan_at:
+            return loss * float("nan")
+        if forward_pass in self.inf_at:
+            return loss + float("inf")
+        return loss
+
+    def after_step(self, step: int, run_dir: Path) -> None:
+        if self.kill_at_step and step == self.kill_at_step and D.get_rank() == self.rank:
+            logger.warning("fault injection: rank %d kills itself (SIGKILL) after step %d", D.get_rank(), step)
+            logging.shutdown()
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.pause_at_step and step == self.pause_at_step and D.is_master():
+            flag = run_dir / "paused"
+            flag.write_text(str(step))
+            deadline = time.monotonic() + self.pause_s
+            while flag.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            flag.unlink(missing_ok=True)
+
+
+class SampleRecorder:
+    """``DISTINCTAD_DEBUG_SAMPLES=1``: the ids of every micro-batch this rank sees, one JSON line each."""
+
+    def __init__(self, task: Task, run_dir: Path, launch: int):
+        self.ids = getattr(task, "sample_ids", None)
+        self.file = None
+        if os.environ.get("DISTINCTAD_DEBUG_SAMPLES", "") not in ("", "0") and self.ids is not None:
+            path = run_dir / "samples" / f"rank{D.get_rank()}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.launch = launch
+
+    def record(self, batch: Any, state: TrainState, micro: int, trained: bool) -> None:
+        if self.file is None:
+            return
+        row = {"launch": self.launch, "epoch": state.epoch, "micro": micro, "step": state.step + 1,
+               "trained": trained, "ids": list(self.ids(batch))}
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()  # a SIGKILLed rank keeps what it has recorded
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
 
 
 def engine_dtype(engine) -> torch.dtype:
@@ -121,87 +224,116 @@ def fit(task: Task, cfg: Any, *, job: str) -> dict[str, Any]:
 
 def _train(task: Task, engine, cfg: Any, state: TrainState, tracker: Tracker, ckpt_dir: Path) -> dict[str, Any]:
     train: TrainArgs = cfg.train
+    run_dir = Path(cfg.run.out_dir)
+    faults = Faults.from_env()
+    recorder = SampleRecorder(task, run_dir, launch=state.step)
     bad_in_a_row = 0
+    forward_passes = 0
     start_step = state.step
+    skipped_before = state.skipped_samples  # earlier launches; the readers count this launch's from 0
     window_loss: list[float] = []
     window_extra: dict[str, list[float]] = {}
     t_last, samples_last = time.perf_counter(), state.samples_seen
     val: dict[str, float] = {}
 
+    def count_skipped() -> None:  # collective
+        mine = getattr(task, "skipped_samples", None)
+        if mine is not None:
+            state.skipped_samples = skipped_before + round(D.all_reduce_mean(mine()) * D.get_world_size())
+
     def save() -> None:
+        count_skipped()
         client = {**dataclasses.asdict(state), "config_hash": config_hash(cfg)}
         checkpoint.save(engine, ckpt_dir, state.step, client, cfg, train.keep_checkpoints)
 
     stopped_early = False
-    while state.step < train.max_steps and not stopped_early:
-        seen_in_epoch = 0
-        for batch in task.batches(state.epoch, state.micro_in_epoch):
-            seen_in_epoch += 1
-            loss, extra = task.loss(engine, batch)
-            state.micro_in_epoch += 1
-            if D.any_rank(not bool(torch.isfinite(loss.detach()).all())):
-                bad_in_a_row += 1
-                state.nonfinite_skipped += 1
-                logger.warning("non-finite loss at step %d (micro-batch %d of epoch %d): step skipped (%d in a row)",
-                               state.step, state.micro_in_epoch, state.epoch, bad_in_a_row)
-                tracker.log_metrics({"train/nonfinite_skipped": state.nonfinite_skipped}, step=state.step)
-                if bad_in_a_row >= train.max_bad_steps:
-                    raise NonFiniteLossError(
-                        f"{bad_in_a_row} non-finite losses in a row at step {state.step}; stopping. The last good "
-                        f"checkpoint is {ckpt_dir / (checkpoint.latest_tag(ckpt_dir) or '(none yet)')}")
-                continue
-            bad_in_a_row = 0
-            boundary = engine.is_gradient_accumulation_boundary()
-            engine.backward(loss)
-            engine.step()
-            state.samples_seen += task.samples_in(batch) * D.get_world_size()
-            window_loss.append(float(loss.detach()))
-            for k, v in extra.items():
-                window_extra.setdefault(k, []).append(float(v))
-            if not boundary:
-                continue
-            state.step += 1
+    try:
+        while state.step < train.max_steps and not stopped_early:
+            seen_in_epoch = 0
+            for batch in task.batches(state.epoch, state.micro_in_epoch):
+                seen_in_epoch += 1
+                forward_passes += 1
+                loss, extra = task.loss(engine, batch)
+                loss = faults.corrupt_loss(loss, forward_passes)
+                micro = state.micro_in_epoch
+                state.micro_in_epoch += 1
+                if D.any_rank(not bool(torch.isfinite(loss.detach()).all())):
+                    recorder.record(batch, state, micro, trained=False)
+                    bad_in_a_row += 1
+                    state.nonfinite_skipped += 1
+                    logger.warning("non-finite loss at step %d (micro-batch %d of epoch %d): step skipped (%d in a "
+                                   "row, train.max_bad_steps=%d)", state.step + 1, micro, state.epoch, bad_in_a_row,
+                                   train.max_bad_steps)
+                    tracker.log_metrics({"train/nonfinite_skipped": state.nonfinite_skipped}, step=state.step)
+                    if bad_in_a_row >= train.max_bad_steps:
+                        last = checkpoint.latest_tag(ckpt_dir)
+                        raise NonFiniteLossError(
+                            f"{bad_in_a_row} non-finite losses in a row at step {state.step + 1} "
+                            f"(train.max_bad_steps={train.max_bad_steps}); stopped. Last good checkpoint: "
+                            f"{ckpt_dir / last if last else '(none yet)'}")
+                    continue
+                recorder.record(batch, state, micro, trained=True)
+                bad_in_a_row = 0
+                boundary = engine.is_gradient_accumulation_boundary()
+                engine.backward(loss)
+                engine.step()
+                state.samples_seen += task.samples_in(batch) * D.get_world_size()
+                window_loss.append(float(loss.detach()))
+                for k, v in extra.items():
+                    window_extra.setdefault(k, []).append(float(v))
+                if not boundary:
+                    continue
+                state.step += 1
+                faults.after_step(state.step, run_dir)
 
-            if state.step % train.log_every == 0 or state.step == train.max_steps:
-                now = time.perf_counter()
-                metrics = {"train/loss": D.all_reduce_mean(sum(window_loss) / len(window_loss)),
-                           "train/lr": engine.get_lr()[0],
-                           "train/samples_per_s": (state.samples_seen - samples_last) / max(now - t_last, 1e-9),
-                           "train/epoch": state.epoch}
-                for k, vs in window_extra.items():
-                    metrics[f"train/{k}"] = D.all_reduce_mean(sum(vs) / len(vs))
-                tracker.log_metrics(metrics, step=state.step)
-                logger.info("step %d/%d | loss %.4f | lr %.2e | %.1f samples/s", state.step, train.max_steps,
-                            metrics["train/loss"], metrics["train/lr"], metrics["train/samples_per_s"])
-                window_loss, window_extra = [], {}
-                t_last, samples_last = now, state.samples_seen
+                if state.step % train.log_every == 0 or state.step == train.max_steps:
+                    now = time.perf_counter()
+                    metrics = {"train/loss": D.all_reduce_mean(sum(window_loss) / len(window_loss)),
+                               "train/lr": engine.get_lr()[0],
+                               "train/samples_per_s": (state.samples_seen - samples_last) / max(now - t_last, 1e-9),
+                               "train/epoch": state.epoch}
+                    for k, vs in window_extra.items():
+                        metrics[f"train/{k}"] = D.all_reduce_mean(sum(vs) / len(vs))
+                    if hasattr(task, "skipped_samples"):
+                        count_skipped()
+                        metrics["data/skipped_samples"] = state.skipped_samples
+                    tracker.log_metrics(metrics, step=state.step)
+                    logger.info("step %d/%d | loss %.4f | lr %.2e | %.1f samples/s", state.step, train.max_steps,
+                                metrics["train/loss"], metrics["train/lr"], metrics["train/samples_per_s"])
+                    window_loss, window_extra = [], {}
+                    t_last, samples_last = now, state.samples_seen
 
-            last = state.step >= train.max_steps
-            if train.eval_every and state.step % train.eval_every == 0 and not last:
-                val = _evaluate(task, engine, tracker, state.step)
-            stop_now = train.stop_after and state.step - start_step >= train.stop_after
-            if last or stop_now or (train.ckpt_every and state.step % train.ckpt_every == 0):
-                save()
-            if stop_now and not last:
-                logger.info("stopping after %d steps of this launch (train.stop_after)", train.stop_after)
-                stopped_early = True
-                break
-            if last:
-                break
-        else:
-            if seen_in_epoch == 0 and state.micro_in_epoch == 0:
-                raise RuntimeError(f"epoch {state.epoch} yielded no batch on rank {D.get_rank()}: too little data "
-                                   "for this batch size and world size")
-            state.epoch += 1
-            state.micro_in_epoch = 0
+                last = state.step >= train.max_steps
+                if train.eval_every and state.step % train.eval_every == 0 and not last:
+                    val = _evaluate(task, engine, tracker, state.step)
+                stop_now = train.stop_after and state.step - start_step >= train.stop_after
+                if last or stop_now or (train.ckpt_every and state.step % train.ckpt_every == 0):
+                    save()
+                if stop_now and not last:
+                    logger.info("stopping after %d steps of this launch (train.stop_after)", train.stop_after)
+                    stopped_early = True
+                    break
+                if last:
+                    break
+            else:
+                if seen_in_epoch == 0 and state.micro_in_epoch == 0:
+                    raise RuntimeError(f"epoch {state.epoch} yielded no batch on rank {D.get_rank()}: too little "
+                                       "data for this batch size and world size")
+                state.epoch += 1
+                state.micro_in_epoch = 0
+    finally:
+        recorder.close()
 
     if state.step >= train.max_steps:
         val = _evaluate(task, engine, tracker, state.step)
+    count_skipped()
+    if state.skipped_samples:
+        logger.warning("%d corrupt or unusable samples were skipped (see the warnings above)", state.skipped_samples)
     summary = {"step": state.step, "epoch": state.epoch, "samples_seen": state.samples_seen,
-               "nonfinite_skipped": state.nonfinite_skipped, "world_size": D.get_world_size(),
-               "finished": state.step >= train.max_steps, **val}
+               "nonfinite_skipped": state.nonfinite_skipped, "skipped_samples": state.skipped_samples,
+               "world_size": D.get_world_size(), "finished": state.step >= train.max_steps, **val}
     if D.is_master():
-        atomic_write_json(Path(cfg.run.out_dir) / "summary.json", summary)
+        atomic_write_json(run_dir / "summary.json", summary)
         logger.info("summary: %s", json.dumps(summary))
     return summary
 

@@ -37,11 +37,18 @@ def _stage2() -> tuple[type, Callable[[Any], dict]]:
     return Stage2Job, run
 
 
+def _recon() -> tuple[type, Callable[[Any], dict]]:
+    from distinctad.train.recon import ReconJob, run
+
+    return ReconJob, run
+
+
 # job name -> lazy (config class, runner); imports stay lazy so --help is instant.
 JOBS: dict[str, Callable[[], tuple[type, Callable[[Any], dict]]]] = {
     "trivial": _trivial,
     "stage1": _stage1,
     "stage2": _stage2,
+    "recon": _recon,
 }
 
 USAGE = """usage: distinctad-train JOB [CONFIG.yaml] [--section.key VALUE ...]
@@ -100,10 +107,16 @@ def run_job(argv: list[str] | None = None) -> dict:
 
     _, rank, _ = init_distributed()
     init_logger(rank=rank)
+    from distinctad.train.checkpoint import CheckpointError
+    from distinctad.train.loop import NonFiniteLossError
+
     try:
         result = runner(cfg)
     except ConfigError as e:
         raise SystemExit(f"error: {e}") from None
+    except (CheckpointError, NonFiniteLossError) as e:
+        # raised on every rank at once: rank 0 says it, the others just exit non-zero
+        raise SystemExit(f"error: {e}" if rank == 0 else 1) from None
     shutdown()
     return result
 

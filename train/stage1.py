@@ -269,6 +269,10 @@ class Stage1Task:
     def samples_in(self, batch: dict) -> int:
         return len(batch["sentence"])
 
+    def skipped_samples(self) -> int:
+        """Corrupt or unusable clips this rank's reader skipped (the loop sums them over ranks)."""
+        return self.train_info.num_skipped if self.train_info is not None else 0
+
     # -- evaluation ----------------------------------------------------------------------------------------------
 
     def _eval_loaders(self) -> dict[str, DataInfo]:

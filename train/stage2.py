@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from distinctad.data.atomic import atomic_write_text
 from distinctad.data.synth_default import ensure_synthmad
-from distinctad.data.wds_pipeline import expand_shards, get_wds_loader
+from distinctad.data.wds_pipeline import get_wds_loader
 from distinctad.train import distributed as D
 from distinctad.train.models.captioner import CaptionerConfig, DistinctADCaptioner, prepare_batch
 from distinctad.train.params import DeepSpeedArgs, RunArgs, TrackingArgs, TrainArgs, opt, section
@@ -54,6 +54,8 @@ class GenerationArgs:
 
 @dataclass
 class Stage2EvalArgs:
+    enabled: bool = opt(True, "Generate and score the eval split (every eval_every steps and at the end); off: "
+                        "train only, and score later with distinctad-generate + distinctad-eval.")
     generation: GenerationArgs = section(GenerationArgs, "Decoding.")
     metrics: list[str] = opt(["bleu", "meteor", "rouge", "cider"], "Captioning metrics (pycocoevalcap).")
     recall_k: int = opt(5, "k of Recall@k/N.")
@@ -136,6 +138,10 @@ class Stage2Task:
     def samples_in(self, batch: dict[str, Any]) -> int:
         return int(batch["clip_mask"].shape[0])
 
+    def skipped_samples(self) -> int:
+        """Corrupt or unusable windows this rank's reader skipped (the loop sums them over ranks)."""
+        return self.train_data.num_skipped
+
     def loss(self, engine, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         out = engine(**{k: v.to(engine.device) for k, v in batch.items()})
         sync_ema_mean(engine.module)
@@ -145,6 +151,8 @@ class Stage2Task:
         return out["loss"], extra
 
     def evaluate(self, engine, tracker: Tracker, step: int) -> dict[str, float]:
+        if not self.cfg.eval.enabled:
+            return {}
         preds = predict(engine.module, self.tokenizer, self.cfg.data.eval_shards, self.cfg.eval.generation,
                         max_windows=self.cfg.eval.max_windows, zero3=engine.zero_optimization_stage() == 3)
         if not D.is_master():

@@ -60,22 +60,26 @@ class TrivialTask:
     def build_model(self) -> nn.Module:
         return MLP(self.cfg.model.in_dim, self.cfg.model.hidden)
 
-    def batches(self, epoch: int, skip: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, epoch: int, skip: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         mb, world, rank = self.cfg.train.micro_batch_size, D.get_world_size(), D.get_rank()
         perm = torch.randperm(len(self.x), generator=torch.Generator().manual_seed(self.cfg.run.seed * 1000 + epoch))
         mine = perm[rank::world]
         n = len(perm) // world // mb  # equal batch count on every rank
         for i in range(skip, n):
             idx = mine[i * mb:(i + 1) * mb]
-            yield self.x[idx], self.y[idx]
+            yield self.x[idx], self.y[idx], idx
 
     def loss(self, engine, batch) -> tuple[torch.Tensor, dict[str, float]]:
-        x, y = batch
+        x, y, _ = batch
         pred = engine(x.to(engine.device, engine_dtype(engine)))
         return nn.functional.mse_loss(pred.float(), y.to(engine.device)), {}
 
     def samples_in(self, batch) -> int:
         return len(batch[0])
+
+    def sample_ids(self, batch) -> list[int]:
+        """Indices into the synthetic set (for DISTINCTAD_DEBUG_SAMPLES)."""
+        return batch[2].tolist()
 
     def evaluate(self, engine, tracker, step: int) -> dict[str, float]:
         pred = engine(self.x.to(engine.device, engine_dtype(engine))).float().cpu()

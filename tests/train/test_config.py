@@ -100,3 +100,17 @@ def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["trivial", "--train.nope", "1"])
     assert "unknown config key 'train.nope'" in str(e.value)
+
+
+def test_every_shipped_config_loads_with_its_job():
+    """A typo in a YAML under launch/configs is caught here, not after a cluster allocation."""
+    from distinctad.train.main import JOBS
+    from tests.conftest import REPO
+
+    files = sorted((REPO / "launch/configs").glob("*.yaml"))
+    assert len(files) >= 4
+    for f in files:
+        job = next(j for j in JOBS if f.stem.startswith(j))
+        cfg_cls, _ = JOBS[job]()
+        cfg = load_config(cfg_cls, f)
+        assert cfg.run.name, f

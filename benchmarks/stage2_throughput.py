@@ -1,0 +1,121 @@
+"""Windows/s and tokens/s of a Stage-II training step (forward + backward + AdamW), plus MFU on a GPU.
+
+    python benchmarks/stage2_throughput.py                                   # tiny config, CPU
+    python benchmarks/stage2_throughput.py --llm gpt2-124m --device cuda --bf16 --windows 8 --d-model 768
+        (GPT-2 124M architecture with random weights, or --llm /path/to/gpt2 for the real one)
+
+A random window batch (B windows x N clips x T frames x D) and ADs drawn from a SynthMAD-like grammar, the
+full C3 model (α-path, β-path, L_dist). MFU counts 6·params·tokens for the LLM plus the visual modules (the
+tokens are the prompt, context and AD tokens the LLM processes), against the GPU's dense bf16 peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import time
+
+import torch
+
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--llm", default="tiny-gpt2", help="tiny-gpt2, tiny-llama, gpt2-124m (random) or a local HF dir.")
+    p.add_argument("--windows", type=int, default=2, help="B: windows per step.")
+    p.add_argument("--clips", type=int, default=16, help="N: clips per window.")
+    p.add_argument("--frames", type=int, default=8, help="T: frames per clip.")
+    p.add_argument("--feature-dim", type=int, default=512, help="D: frame feature width.")
+    p.add_argument("--d-model", type=int, default=64, help="d: Perceiver / EMA width.")
+    p.add_argument("--latents", type=int, default=4, help="L: Perceiver latents per clip (stage2.yaml: 4).")
+    p.add_argument("--bases", type=int, default=8, help="K: Contextual-EMA bases (stage2.yaml: 8).")
+    p.add_argument("--steps", type=int, default=20, help="Timed steps.")
+    p.add_argument("--warmup", type=int, default=3, help="Untimed steps first.")
+    p.add_argument("--device", default="cpu", help="cpu or cuda.")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU).")
+    return p.parse_args(argv)
+
+
+def make_batch(B: int, N: int, T: int, D: int, seed: int = 0) -> dict:
+    rng = random.Random(seed)
+    names, verbs = ["Ana", "Ben", "Cleo", "Dev"], ["opens", "carries", "drops", "paints"]
+    objs, places = ["red door", "blue cup", "green box", "old letter"], ["kitchen", "garden", "street"]
+    sent = [[f"{rng.choice(names)} {rng.choice(verbs)} the {rng.choice(objs)} in the {rng.choice(places)}."
+             for _ in range(N)] for _ in range(B)]
+    g = torch.Generator().manual_seed(seed)
+    return dict(feats=torch.randn(B, N, T, D, generator=g), frame_mask=torch.ones(B, N, T, dtype=torch.bool),
+                clip_mask=torch.ones(B, N, dtype=torch.bool), sentences=sent, context=[sent[b][:3] for b in range(B)],
+                movie=[f"m{b}" for b in range(B)], ad_index=torch.arange(N).repeat(B, 1), key=[""] * B,
+                valid=torch.ones(B, dtype=torch.bool))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from distinctad.train.models.captioner import CaptionerConfig, DistinctADCaptioner, prepare_batch
+    from distinctad.train.models.llm import train_bpe_tokenizer
+
+    torch.manual_seed(0)
+    batch = make_batch(args.windows, args.clips, args.frames, args.feature_dim)
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = train_bpe_tokenizer([s for w in batch["sentences"] for s in w] * 20, 500, tmp)
+    llm_name = "tiny-gpt2" if args.llm == "gpt2-124m" else args.llm
+    cfg = CaptionerConfig(llm=llm_name, feature_dim=args.feature_dim, d_model=args.d_model, num_latents=args.latents,
+                          perceiver_heads=4, num_bases=args.bases, alpha_path=True,
+                          beta_path=True, lambda_dist=0.1)
+    llm = None
+    if args.llm == "gpt2-124m":
+        llm = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+                                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    model = DistinctADCaptioner(cfg, tok, llm=llm).to(args.device)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    prepared = {k: v.to(args.device) for k, v in prepare_batch(batch, tok, cfg).items()}
+    n_params = sum(p.numel() for p in model.parameters())
+    seq_tokens = int(prepared["text_mask"].sum()) + prepared["clip_mask"].sum().item() * 2 * cfg.num_latents
+    ad_tokens = int((prepared["text_labels"] != -100).sum())
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+
+    def step() -> float:
+        with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            loss = model(**prepared)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    for _ in range(args.warmup):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        last = step()
+    if cuda:
+        torch.cuda.synchronize()
+    dt = (time.perf_counter() - t0) / args.steps
+    out = {"windows_per_s": args.windows / dt, "clips_per_s": args.windows * args.clips / dt,
+           "tokens_per_s": seq_tokens / dt, "ad_tokens_per_s": ad_tokens / dt, "ms_per_step": dt * 1e3,
+           "params_M": n_params / 1e6, "loss": last}
+    print(f"Stage-II step, {args.llm}, B={args.windows} N={args.clips} T={args.frames} D={args.feature_dim} "
+          f"d={args.d_model}, {n_params / 1e6:.1f}M params, {args.device}{' bf16' if args.bf16 else ''}, "
+          f"{torch.get_num_threads()} CPU threads")
+    print(f"  {out['windows_per_s']:.2f} windows/s | {out['tokens_per_s']:.0f} tokens/s (LLM sequence) | "
+          f"{out['ad_tokens_per_s']:.0f} AD tokens/s | {out['ms_per_step']:.1f} ms/step")
+    if cuda:
+        out["peak_mem_GiB"] = torch.cuda.max_memory_allocated() / 2**30
+        name = torch.cuda.get_device_name()
+        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+        print(f"  peak memory {out['peak_mem_GiB']:.2f} GiB on {name}")
+        if peak:
+            out["mfu"] = 6 * n_params * out["tokens_per_s"] / (peak * 1e12)
+            print(f"  MFU {100 * out['mfu']:.1f}% (6·params·tokens/s over {peak:.0f} TFLOP/s dense bf16)")
+    return out
+
+
+if __name__ == "__main__":
+    main()
