@@ -160,7 +160,10 @@ class _Decoder:
     skip_empty_ads: bool = False
 
     def __call__(self, raw: dict) -> dict:
-        s = decode_sample(raw, self.unsafe)
+        try:
+            s = decode_sample(raw, self.unsafe)
+        except Exception as e:  # noqa: BLE001 - name the sample in the skip warning
+            raise ValueError(f"{raw.get('__key__')}: {type(e).__name__}: {e}") from e
         if "json" not in s:
             raise ValueError(f"{raw.get('__key__')}: no json member")
         meta = s["json"]
@@ -220,7 +223,8 @@ class _Collate:
         else:
             T, D = 0, 0
         # Filled in numpy and wrapped once: per-row torch indexing costs more than the copy itself.
-        feats = np.zeros((B, N, T, D), np.float32) if D else None  # (B, N, T, D)
+        # float16 as stored: half the bytes between worker processes; the model casts on its device.
+        feats = np.zeros((B, N, T, D), np.float16) if D else None  # (B, N, T, D)
         frame_mask = np.zeros((B, N, T), bool)  # (B, N, T)
         clip_mask = np.zeros((B, N), bool)  # (B, N)
         ad_index = np.full((B, N), -1, np.int64)  # (B, N)
@@ -241,7 +245,7 @@ class _Collate:
             movie.append(meta["movie"])
             key.append(s["key"])
             if feats is not None and s["feats"] is not None:
-                feats[b] = s["feats"]  # float16 -> float32
+                feats[b] = s["feats"]
                 frame_mask[b] = s["mask"]
         return {
             "feats": torch.from_numpy(feats) if feats is not None else None,

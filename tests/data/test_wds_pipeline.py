@@ -76,7 +76,7 @@ def test_window_batch_contract(win_shards):
     d = get_wds_loader(str(win_shards), "window", 4, is_train=False, num_workers=0, pad_eval=False)
     batches = collect(d.dataloader)
     b = batches[0]
-    assert b["feats"].shape == (4, 4, 4, 32) and b["feats"].dtype == torch.float32
+    assert b["feats"].shape == (4, 4, 4, 32) and b["feats"].dtype == torch.float16
     assert b["frame_mask"].shape == (4, 4, 4) and b["clip_mask"].shape == (4, 4) and b["ad_index"].shape == (4, 4)
     assert b["key"][:2] == ["synth0000__000000", "synth0000__000004"]
     assert b["ad_index"][1].tolist() == [4, 5, 6, 7] and b["sentences"][1][0] != ""

@@ -223,7 +223,7 @@ def prepare_batch(batch: dict, tokenizer, cfg: CaptionerConfig) -> dict[str, tor
     flat_valid = clip_mask.reshape(-1).tolist()
     dist_targets = pad_targets([t for t, ok in zip(targets, flat_valid) if ok])
     return dict(
-        feats=batch["feats"].float(),
+        feats=batch["feats"],  # float16 from the shards; encode_visual casts on the model's device
         frame_mask=batch["frame_mask"].bool(),
         clip_mask=clip_mask,
         text_ids=text_ids,
