@@ -59,7 +59,7 @@ def fault_rank() -> int:
 # ---------------------------------------------------------------- weights-only loading
 
 
-def _deepspeed_safe_globals() -> list[Any]:
+def deepspeed_safe_globals() -> list[Any]:
     """Plain-data classes DeepSpeed pickles into its checkpoints (found with
     ``torch.serialization.get_unsafe_globals_in_checkpoint`` on ZeRO 0-3 checkpoints): the loss scaler's settings,
     the ZeRO stage enum and the (numel, start) fragment addresses of ZeRO-1/2 optimizer states."""
@@ -105,7 +105,7 @@ class SafeTorchCheckpointEngine(TorchCheckpointEngine):
 
     def load(self, path: str, map_location=None):
         try:
-            with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+            with torch.serialization.safe_globals(deepspeed_safe_globals()):
                 return torch.load(path, map_location=map_location, weights_only=True)
         except FileNotFoundError:
             raise CheckpointError(f"checkpoint file missing: {path}") from None

@@ -98,9 +98,18 @@ def resolve_data(cfg: Stage2Job) -> None:
 
 def shard_sentences(shards: str) -> list[str]:
     """Every AD sentence in the ``json`` members of window shards (nothing else is decoded)."""
-    from distinctad.eval.inputs import read_shard_references
+    import tarfile
 
-    return [r.sentence for r in read_shard_references(shards)]
+    from distinctad.data.wds_pipeline import expand_shards
+    from distinctad.eval.inputs import EvalInputError, read_shard_references
+
+    sentences: list[str] = []
+    for url in expand_shards(shards):
+        try:
+            sentences += [r.sentence for r in read_shard_references(url)]
+        except (EvalInputError, OSError, tarfile.TarError) as e:  # a truncated shard must not stop training
+            logger.warning("tokenizer training skips unreadable shard %s (%s)", url, e)
+    return sentences
 
 
 def resolve_tokenizer(cfg: Stage2Job) -> None:
