@@ -246,11 +246,13 @@ def _train(task: Task, engine, cfg: Any, state: TrainState, tracker: Tracker, ck
         client = {**dataclasses.asdict(state), "config_hash": config_hash(cfg)}
         checkpoint.save(engine, ckpt_dir, state.step, client, cfg, train.keep_checkpoints)
 
+    timers = {"data": 0.0, "eval": 0.0, "ckpt": 0.0}
+    t_start = time.perf_counter()
     stopped_early = False
     try:
         while state.step < train.max_steps and not stopped_early:
             seen_in_epoch = 0
-            for batch in task.batches(state.epoch, state.micro_in_epoch):
+            for batch in _timed(task.batches(state.epoch, state.micro_in_epoch), timers):
                 seen_in_epoch += 1
                 forward_passes += 1
                 loss, extra = task.loss(engine, batch)
@@ -305,10 +307,14 @@ def _train(task: Task, engine, cfg: Any, state: TrainState, tracker: Tracker, ck
 
                 last = state.step >= train.max_steps
                 if train.eval_every and state.step % train.eval_every == 0 and not last:
+                    t0 = time.perf_counter()
                     val = _evaluate(task, engine, tracker, state.step)
+                    timers["eval"] += time.perf_counter() - t0
                 stop_now = train.stop_after and state.step - start_step >= train.stop_after
                 if last or stop_now or (train.ckpt_every and state.step % train.ckpt_every == 0):
+                    t0 = time.perf_counter()
                     save()
+                    timers["ckpt"] += time.perf_counter() - t0
                 if stop_now and not last:
                     logger.info("stopping after %d steps of this launch (train.stop_after)", train.stop_after)
                     stopped_early = True
@@ -324,18 +330,38 @@ def _train(task: Task, engine, cfg: Any, state: TrainState, tracker: Tracker, ck
     finally:
         recorder.close()
 
+    t_loop = time.perf_counter() - t_start
     if state.step >= train.max_steps:
+        t0 = time.perf_counter()
         val = _evaluate(task, engine, tracker, state.step)
+        timers["eval"] += time.perf_counter() - t0
     count_skipped()
     if state.skipped_samples:
         logger.warning("%d corrupt or unusable samples were skipped (see the warnings above)", state.skipped_samples)
     summary = {"step": state.step, "epoch": state.epoch, "samples_seen": state.samples_seen,
                "nonfinite_skipped": state.nonfinite_skipped, "skipped_samples": state.skipped_samples,
                "world_size": D.get_world_size(), "finished": state.step >= train.max_steps, **val}
+    # Where this launch's time went (rank 0's view): waiting for data, compute, evaluation, checkpoints.
+    summary.update({"time/wall_s": time.perf_counter() - t_start, "time/data_s": timers["data"],
+                    "time/step_s": t_loop - timers["data"] - timers["eval"] - timers["ckpt"],
+                    "time/eval_s": timers["eval"], "time/ckpt_s": timers["ckpt"]})
     if D.is_master():
         atomic_write_json(run_dir / "summary.json", summary)
         logger.info("summary: %s", json.dumps(summary))
     return summary
+
+
+def _timed(batches: Iterator[Any], timers: dict[str, float]) -> Iterator[Any]:
+    """Yield from ``batches``, adding the time spent waiting for each one to ``timers["data"]``."""
+    it = iter(batches)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        timers["data"] += time.perf_counter() - t0
+        yield batch
 
 
 def _evaluate(task: Task, engine, tracker: Tracker, step: int) -> dict[str, float]:
