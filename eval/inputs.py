@@ -288,14 +288,22 @@ def read_shard_references(spec: str) -> list[Reference]:
         except (OSError, tarfile.TarError) as e:
             raise EvalInputError(f"{path}: not a readable tar shard ({e})") from None
         with tar:
-            for member in tar:
+            try:
+                members = list(tar)
+            except (OSError, tarfile.TarError, EOFError) as e:
+                raise EvalInputError(f"{path}: truncated or corrupt tar shard ({e})") from None
+            for member in members:
                 base = os.path.basename(member.name)
                 # WebDataset splits the member name at the first dot: "key.json" is the sample's json field.
                 if not member.isfile() or base.split(".", 1)[-1] != "json":
                     continue
                 where = f"{path}: {member.name}"
                 try:
-                    meta = json.loads(tar.extractfile(member).read().decode("utf-8"))
+                    raw = tar.extractfile(member).read()
+                except (OSError, tarfile.TarError, EOFError) as e:
+                    raise EvalInputError(f"{where}: truncated or corrupt tar shard ({e})") from None
+                try:
+                    meta = json.loads(raw.decode("utf-8"))
                 except (UnicodeDecodeError, json.JSONDecodeError) as e:
                     raise EvalInputError(f"{where}: not valid UTF-8 JSON ({e})") from None
                 recs.extend(_shard_records(meta, where))

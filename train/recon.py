@@ -124,11 +124,16 @@ class ReconModelArgs:
                               "stand-in for pre-trained GPT-2 where no weights exist); the result is saved to "
                               "<run dir>/lm and reused on resume. 0: use the LM as given.")
     pretrain_batch_size: int = opt(32, "Blocks per pre-training step.")
-    pretrain_block_size: int = opt(64, "Tokens per pre-training block (the ADs are packed back to back).")
+    pretrain_block_size: int = opt(128, "Tokens per pre-training block (the ADs are packed back to back); at least "
+                                   "the longest reconstruction prompt + AD, so every position the LM sees is trained.")
+    pretrain_repeat: float = opt(0.0, "Fraction of the ADs repeated right away in the pre-training stream, so a tiny "
+                                 "LM learns to copy from its context as web-pretrained LMs can (see pretrain_lm).")
     pretrain_lr: float = opt(3e-3, "Peak pre-training learning rate (AdamW, warm-up + cosine).")
     max_ad_tokens: int = opt(64, "ADs are cut to this many LM tokens in training.")
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.pretrain_repeat <= 1.0:
+            raise ConfigError(f"model.pretrain_repeat must be in [0, 1], got {self.pretrain_repeat}")
         if self.pretrain_steps < 0 or min(self.max_ad_tokens, self.pretrain_batch_size, self.pretrain_block_size) < 1:
             raise ConfigError("model.pretrain_steps must be >= 0, model.max_ad_tokens, model.pretrain_batch_size "
                               "and model.pretrain_block_size >= 1")
@@ -360,7 +365,8 @@ def collate(texts: Sequence[str], model: ReconModel, tokenizer, max_ad_tokens: i
 
 
 def pretrain_lm(texts: Sequence[str], tokenizer, model: nn.Module, *, steps: int, batch_size: int = 32,
-                block_size: int = 64, lr: float = 3e-3, seed: int = 0, progress: bool = True) -> list[float]:
+                block_size: int = 128, lr: float = 3e-3, repeat: float = 0.0, seed: int = 0,
+                progress: bool = True) -> list[float]:
     """Pre-train a causal LM on the ``<BOS> text <EOS>`` stream of ``texts``, packed into blocks, in place.
 
     A stand-in for pre-trained GPT-2 where no weights can be had: a tiny LM that has learned the language of ADs.
@@ -377,7 +383,10 @@ def pretrain_lm(texts: Sequence[str], tokenizer, model: nn.Module, *, steps: int
         batch_size: blocks per step, drawn by a seeded permutation, epoch after epoch.
         block_size: tokens per block.
         lr: peak learning rate.
-        seed: data-order seed.
+        repeat: fraction of the sentences that are immediately repeated in the stream. Web-pretrained LMs can
+            copy from their context (induction heads); a tiny LM trained briefly on ADs alone does not learn to,
+            and without it no projector can make it reconstruct anything. 0: plain text.
+        seed: data-order and repetition seed.
         progress: show a tqdm bar.
 
     Returns:
@@ -388,8 +397,10 @@ def pretrain_lm(texts: Sequence[str], tokenizer, model: nn.Module, *, steps: int
     from distinctad.train.engine import warmup_cosine
 
     bos, eos, _ = special_ids(tokenizer)
-    stream = [t for x in tokenizer([t for t in texts if t.strip()], add_special_tokens=False)["input_ids"]
-              for t in [bos, *x, eos]]
+    g = torch.Generator().manual_seed(seed)
+    encoded = tokenizer([t for t in texts if t.strip()], add_special_tokens=False)["input_ids"]
+    repeats = (torch.rand(len(encoded), generator=g) < repeat).tolist()
+    stream = [t for x, r in zip(encoded, repeats) for t in [bos, *x, eos] * (2 if r else 1)]
     n_blocks = len(stream) // block_size
     if n_blocks < 1:
         raise ValueError(f"pretrain_lm needs at least {block_size} tokens of text, got {len(stream)}")
@@ -399,7 +410,6 @@ def pretrain_lm(texts: Sequence[str], tokenizer, model: nn.Module, *, steps: int
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer,
                                               lambda s: warmup_cosine(s, max(1, steps // 20), steps, 0.1))
-    g = torch.Generator().manual_seed(seed)
     order: list[int] = []
     losses: list[float] = []
     was_training = model.training
@@ -536,7 +546,7 @@ def resolve_models(cfg: ReconJob, train_texts: Sequence[str]) -> None:
                 if m.pretrain_steps:
                     losses = pretrain_lm(train_texts, tokenizer, llm.to(D.device()), steps=m.pretrain_steps,
                                          batch_size=m.pretrain_batch_size, block_size=m.pretrain_block_size,
-                                         lr=m.pretrain_lr, seed=cfg.run.seed)
+                                         lr=m.pretrain_lr, repeat=m.pretrain_repeat, seed=cfg.run.seed)
                     logger.info("LM pre-trained for %d steps on the training ADs: loss %.3f -> %.3f", len(losses),
                                 losses[0], sum(losses[-10:]) / len(losses[-10:]))
                 else:
@@ -647,6 +657,27 @@ def predict(model: ReconModel, tokenizer, ads: Sequence[AD], gen: ReconEvalArgs,
     return [p for part in D.all_gather_object(out) for p in part]
 
 
+@torch.no_grad()
+def eval_loss(model: ReconModel, tokenizer, ads: Sequence[AD], batch_size: int, max_ad_tokens: int = 64) -> float:
+    """Teacher-forced reconstruction loss (mean NLL per AD token, <EOS> included) over ``ads``; collective.
+
+    A decoding-free measure of how much of the AD the CLIP embedding lets the frozen LM recover.
+    """
+    share = math.ceil(len(ads) / D.get_world_size())
+    mine = list(ads[D.get_rank() * share:(D.get_rank() + 1) * share])
+    device = model.projector.weight.device
+    total = torch.zeros(2, dtype=torch.float64, device=D.device())  # (sum of NLL, tokens)
+    for i in range(0, len(mine), batch_size):
+        batch = collate([a.sentence.strip() for a in mine[i:i + batch_size]], model, tokenizer, max_ad_tokens)
+        out = model(**{k: v.to(device) for k, v in batch.items()})
+        total += torch.stack([out["loss"].double() * out["num_tokens"], out["num_tokens"].double()]).to(total)
+    if D.get_world_size() > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(total)
+    return float(total[0] / total[1].clamp(min=1))
+
+
 def _fmt(x: float | None) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1f}"
 
@@ -682,11 +713,13 @@ def describe_models(m: ReconModelArgs) -> str:
     llm = "tiny GPT-2" if m.llm == "tiny-gpt2" else Path(m.llm).name or m.llm
     if m.pretrain_steps:
         llm += f" pre-trained {m.pretrain_steps} steps on the training ADs"
+        llm += f" ({m.pretrain_repeat:.0%} repeated)" if m.pretrain_repeat else ""
     return f"{clip} + {llm}"
 
 
 def score(preds: list[dict[str, Any]], refs: Sequence[AD], cfg: ReconJob, out_prefix: Path,
-          tracker: Tracker | None, n_train: int, n_trainable: int, models: str = "") -> dict[str, float]:
+          tracker: Tracker | None, n_train: int, n_trainable: int, models: str = "",
+          loss: float | None = None) -> dict[str, float]:
     """Score reconstructions with the eval harness; write predictions, harness report, Table A.1 and samples."""
     from distinctad.eval import evaluate, write_report
 
@@ -701,7 +734,11 @@ def score(preds: list[dict[str, Any]], refs: Sequence[AD], cfg: ReconJob, out_pr
            f"{n_train} train → {len(refs)} eval ADs)",
            "metrics": metrics, "num_eval_ads": len(refs), "trainable_params": n_trainable,
            "clip": f"{cfg.model.clip_model} ({cfg.model.clip_pretrained})", "llm": cfg.model.llm}
+    if loss is not None:
+        row["eval_loss"] = loss
     notes = [f"Only the linear projector trains: {n_trainable:,} parameters; CLIP text tower and LM frozen."]
+    if loss is not None:
+        notes.append(f"Teacher-forced reconstruction loss on the eval ADs: {loss:.4f} nats per AD token.")
     notes += list(result["meta"].get("notices", []))
     atomic_write_json(f"{out_prefix}_table_a1.json", row)
     atomic_write_text(f"{out_prefix}_table_a1.md", table_a1_markdown([row], notes=notes))
@@ -764,6 +801,7 @@ class ReconTask:
 
     def evaluate(self, engine, tracker: Tracker, step: int) -> dict[str, float]:
         model: ReconModel = engine.module
+        loss = eval_loss(model, self.tokenizer, self.data.eval, self.cfg.eval.batch_size, self.cfg.model.max_ad_tokens)
         preds = predict(model, self.tokenizer, self.data.eval, self.cfg.eval)
         if not D.is_master():
             return {}
@@ -772,8 +810,9 @@ class ReconTask:
             self._params_logged = True
         run_dir = Path(self.cfg.run.out_dir)
         save_projector(model, run_dir / "projector", self.cfg.model)
-        return score(preds, self.data.eval, self.cfg, run_dir / "eval" / f"step_{step:08d}", tracker,
-                     len(self.train_texts), self.n_trainable, self.models)
+        metrics = score(preds, self.data.eval, self.cfg, run_dir / "eval" / f"step_{step:08d}", tracker,
+                        len(self.train_texts), self.n_trainable, self.models, loss)
+        return {**metrics, "eval/loss": loss}
 
 
 def run(cfg: ReconJob) -> dict[str, Any]:

@@ -156,7 +156,6 @@ class Stage2Task:
         sync_ema_mean(engine.module)
         extra = {k: float(out[k]) for k in ("lm_loss", "dist_loss", "ema_entropy", "ema_assign_entropy", "alpha",
                                             "beta") if k in out}
-        extra["skipped_samples"] = float(self.train_data.num_skipped)
         return out["loss"], extra
 
     def evaluate(self, engine, tracker: Tracker, step: int) -> dict[str, float]:

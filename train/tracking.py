@@ -26,6 +26,8 @@ except ImportError:  # optional at import time; the logger then degrades to JSON
 
 logger = logging.getLogger(__name__)
 DEFAULT_URI = "sqlite:///mlflow.db"
+# Opens our experiments in the MLflow UI's "model training" view (runs, metrics, artifacts), not the GenAI one.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def tracking_uri(configured: str = "") -> str:
@@ -99,7 +101,8 @@ class MLflowLogger(BaseLogger):
             if mlflow.get_experiment_by_name(experiment) is None and not uri.startswith(("http://", "https://")):
                 # local stores keep artifacts in ./mlartifacts, beside mlflow.db (MLflow's server layout)
                 try:
-                    mlflow.create_experiment(experiment, artifact_location=Path("mlartifacts").resolve().as_uri())
+                    mlflow.create_experiment(experiment, artifact_location=Path("mlartifacts").resolve().as_uri(),
+                                             tags=EXPERIMENT_TAGS)
                 except mlflow.exceptions.MlflowException:
                     pass  # another job created it first
             mlflow.set_experiment(experiment)
@@ -198,7 +201,7 @@ class ParentRun:
             exp = self.client.get_experiment_by_name(experiment)
             if exp is None:
                 artifacts = None if uri.startswith("http") else Path("mlartifacts").resolve().as_uri()
-                exp_id = self.client.create_experiment(experiment, artifact_location=artifacts)
+                exp_id = self.client.create_experiment(experiment, artifact_location=artifacts, tags=EXPERIMENT_TAGS)
             else:
                 exp_id = exp.experiment_id
             self.run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
