@@ -207,7 +207,8 @@ def fit(task: Task, cfg: Any, *, job: str) -> dict[str, Any]:
     tracker = Tracker(run_dir, enabled=track.enabled, is_master=D.is_master(), uri=track.uri,
                       experiment=track.experiment, run_name=run.name, parent_run_id=track.parent_run_id)
     tracker.set_tags({"job": job, "resumed_from_step": str(state.step)})
-    tracker.log_params({**flatten(to_dict(cfg)), "world_size": D.get_world_size()})
+    extra_params = task.params() if hasattr(task, "params") else {}  # e.g. trainable-parameter counts
+    tracker.log_params({**flatten(to_dict(cfg)), "world_size": D.get_world_size(), **extra_params})
     if D.is_master():
         atomic_write_json(run_dir / "ds_config.json", ds_cfg)
         tracker.log_artifact(run_dir / "config.yaml")
@@ -331,6 +332,7 @@ def _train(task: Task, engine, cfg: Any, state: TrainState, tracker: Tracker, ck
         recorder.close()
 
     t_loop = time.perf_counter() - t_start
+    step_s = t_loop - timers["data"] - timers["eval"] - timers["ckpt"]
     if state.step >= train.max_steps:
         t0 = time.perf_counter()
         val = _evaluate(task, engine, tracker, state.step)
@@ -343,7 +345,7 @@ def _train(task: Task, engine, cfg: Any, state: TrainState, tracker: Tracker, ck
                "world_size": D.get_world_size(), "finished": state.step >= train.max_steps, **val}
     # Where this launch's time went (rank 0's view): waiting for data, compute, evaluation, checkpoints.
     summary.update({"time/wall_s": time.perf_counter() - t_start, "time/data_s": timers["data"],
-                    "time/step_s": t_loop - timers["data"] - timers["eval"] - timers["ckpt"],
+                    "time/step_s": step_s,
                     "time/eval_s": timers["eval"], "time/ckpt_s": timers["ckpt"]})
     if D.is_master():
         atomic_write_json(run_dir / "summary.json", summary)

@@ -770,7 +770,6 @@ class ReconTask:
         self.train_texts = [a.sentence.strip() for a in data.train]
         self.model: ReconModel | None = None
         self.n_trainable = 0
-        self._params_logged = False
 
     def batches_per_epoch(self) -> int:
         """Micro-batches per rank per epoch (the same on every rank; the remainder is dropped)."""
@@ -799,15 +798,16 @@ class ReconTask:
         out = engine(**{k: v.to(engine.device) for k, v in batch.items()})
         return out["loss"], {"prefix_len": float(out["prefix_len"])}
 
+    def params(self) -> dict[str, int]:
+        """Logged with the config at start-up: the projector is all that trains."""
+        return {"trainable_params": self.n_trainable}
+
     def evaluate(self, engine, tracker: Tracker, step: int) -> dict[str, float]:
         model: ReconModel = engine.module
         loss = eval_loss(model, self.tokenizer, self.data.eval, self.cfg.eval.batch_size, self.cfg.model.max_ad_tokens)
         preds = predict(model, self.tokenizer, self.data.eval, self.cfg.eval)
         if not D.is_master():
             return {}
-        if not self._params_logged:
-            tracker.log_params({"trainable_params": self.n_trainable})
-            self._params_logged = True
         run_dir = Path(self.cfg.run.out_dir)
         save_projector(model, run_dir / "projector", self.cfg.model)
         metrics = score(preds, self.data.eval, self.cfg, run_dir / "eval" / f"step_{step:08d}", tracker,
