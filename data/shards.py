@@ -140,7 +140,7 @@ class Plan:
     feature_dim: int | None
 
 
-def _window_units(movie: str, ads: list[AD], opts: BuildOptions) -> list[Unit]:
+def window_units(movie: str, ads: list[AD], opts: BuildOptions) -> list[Unit]:
     units = []
     for w, lo in enumerate(range(0, len(ads), opts.window)):
         chunk = ads[lo : lo + opts.window]
@@ -204,7 +204,7 @@ def make_plan(
                 Unit(sample_key(movie, a.ad_index), movie, [(a.ad_index, a.start, a.end, a.sentence)]) for a in kept
             )
         else:
-            units.extend(_window_units(movie, kept, opts))
+            units.extend(window_units(movie, kept, opts))
     feature_dim = features.dim() if features is not None else None
     maxcount = opts.maxcount or max(1, int(opts.shard_size_mb * 1e6 // estimate_sample_bytes(opts, feature_dim)))
     shards = [units[i : i + maxcount] for i in range(0, len(units), maxcount)]
@@ -223,7 +223,7 @@ def _init_worker(features_path: str | None, video_dir: str | None, opts: dict) -
     _WORKER["opts"] = BuildOptions(**opts)
 
 
-def _npy_bytes(arr: np.ndarray) -> bytes:
+def npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.lib.format.write_array(buf, arr, allow_pickle=False)
     return buf.getvalue()
@@ -236,19 +236,23 @@ def _ad_shift(opts: BuildOptions, movie: str, ad_index: int) -> int:
     return digest[0] % (opts.max_shift + 1)
 
 
-def _encode_window(unit: Unit, opts: BuildOptions, features: FeatureReader | None) -> dict:
-    n = len(unit.ads)
-    meta = {
+def window_meta(unit: Unit, split: str) -> dict:
+    """The ``json`` member of a window sample (data contract: N sentences, times, K previous ADs as context)."""
+    return {
         "movie": unit.movie,
-        "split": opts.split,
+        "split": split,
         "window_index": unit.window_index,
         "ad_index": [a[0] for a in unit.ads],
         "sentence": [a[3] for a in unit.ads],
         "start": [a[1] for a in unit.ads],
         "end": [a[2] for a in unit.ads],
         "context": unit.context,
-        "num_valid": n,
+        "num_valid": len(unit.ads),
     }
+
+
+def _encode_window(unit: Unit, opts: BuildOptions, features: FeatureReader | None) -> dict:
+    meta = window_meta(unit, opts.split)
     sample = {"__key__": unit.key, "json": json.dumps(meta, ensure_ascii=False).encode("utf-8")}
     if features is not None:
         feats = np.zeros((opts.window, opts.num_frames, features.dim()), np.float16)  # (N, T, D)
@@ -257,8 +261,8 @@ def _encode_window(unit: Unit, opts: BuildOptions, features: FeatureReader | Non
             shift = _ad_shift(opts, unit.movie, ad_index)
             feats[i] = features.clip(unit.movie, start, end, opts.num_frames, shift=shift)
             mask[i] = True
-        sample["feats.npy"] = _npy_bytes(feats)
-        sample["mask.npy"] = _npy_bytes(mask)
+        sample["feats.npy"] = npy_bytes(feats)
+        sample["mask.npy"] = npy_bytes(mask)
     return sample
 
 

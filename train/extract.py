@@ -45,11 +45,12 @@ from distinctad.data.shards import (
     BUILDER_VERSION,
     BuildOptions,
     Unit,
-    _npy_bytes,
-    _window_units,
     file_sha256,
+    npy_bytes,
     shard_name,
     source_record,
+    window_meta,
+    window_units,
 )
 from distinctad.data.wds_pipeline import expand_shards, get_wds_loader
 from distinctad.train import distributed as D
@@ -114,13 +115,13 @@ class ShardPlan:
 
 
 def plan_shards(by_movie: dict[str, list[AD]], opts: BuildOptions) -> list[ShardPlan]:
-    """Windows per movie (the builder's ``_window_units``: stride N, K text context), ``maxcount`` per shard.
+    """Windows per movie (the builder's ``window_units``: stride N, K text context), ``maxcount`` per shard.
 
     Movies in sorted order, a shard never spans two movies (each rank writes whole movies).
     """
     shards: list[ShardPlan] = []
     for movie in sorted(by_movie):
-        units = _window_units(movie, by_movie[movie], opts)
+        units = window_units(movie, by_movie[movie], opts)
         for lo in range(0, len(units), opts.maxcount):
             shards.append(ShardPlan(shard_name(opts.split, len(shards)), movie, units[lo:lo + opts.maxcount]))
     return shards
@@ -202,19 +203,9 @@ def window_sample(unit: Unit, split: str, feats: list[np.ndarray], window: int) 
     mask = np.zeros((window, T), bool)  # (N, T)
     arr[: len(feats)] = np.stack(feats)
     mask[: len(feats)] = True  # every frame of a frames-shard clip is a real frame
-    meta = {
-        "movie": unit.movie,
-        "split": split,
-        "window_index": unit.window_index,
-        "ad_index": [a[0] for a in unit.ads],
-        "sentence": [a[3] for a in unit.ads],
-        "start": [a[1] for a in unit.ads],
-        "end": [a[2] for a in unit.ads],
-        "context": unit.context,
-        "num_valid": len(unit.ads),
-    }
+    meta = window_meta(unit, split)
     return {"__key__": unit.key, "json": json.dumps(meta, ensure_ascii=False).encode("utf-8"),
-            "feats.npy": _npy_bytes(arr), "mask.npy": _npy_bytes(mask)}
+            "feats.npy": npy_bytes(arr), "mask.npy": npy_bytes(mask)}
 
 
 def write_shard(out: Path, shard: ShardPlan, feats: dict[int, np.ndarray], split: str, window: int,
