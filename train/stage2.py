@@ -226,9 +226,13 @@ def score(preds: list[dict[str, Any]], cfg: Stage2Job, out_prefix: Path, tracker
     if cfg.eval.max_windows:
         wanted = {(p["movie"], p["ad_index"]) for p in preds}
         refs = [r for r in refs if (r.movie, r.ad_index) in wanted]
+    empty = sum(not p["text"].strip() for p in preds)
+    if empty:
+        logger.warning("%d of %d generated ADs are empty; they score as empty hypotheses", empty, len(preds))
+    # predict() yields exactly one AD per eval clip, so the only "problem" allowed here is an empty generation.
     result = evaluate(preds, refs, metrics=tuple(cfg.eval.metrics), recall_k=cfg.eval.recall_k,
                       recall_n=cfg.eval.recall_n, backend=cfg.eval.backend,
-                      backend_model=cfg.eval.backend_model or None, progress=False)
+                      backend_model=cfg.eval.backend_model or None, progress=False, allow_missing=bool(empty))
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     preds_sorted = sorted(preds, key=lambda p: (p["movie"], p["ad_index"]))
     atomic_write_text(f"{out_prefix}_predictions.jsonl", "".join(json.dumps(p) + "\n" for p in preds_sorted))

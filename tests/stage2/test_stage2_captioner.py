@@ -76,7 +76,9 @@ def test_generation_matches_teacher_forcing(tokenizer, make_batch):
         for v in range(6):
             ids = prepared["gen_ids"][v][prepared["gen_mask"][v]]
             x = torch.cat([prompt[v], model.llm.get_input_embeddings()(ids)])[None]
-            expected.append(model.llm(inputs_embeds=x).logits[0, -1].argmax().item())
+            logits = model.llm(inputs_embeds=x).logits[0, -1]
+            logits[sorted({model.bos_id, model.pad_id} - {model.eos_id})] = -torch.inf  # never generated
+            expected.append(logits.argmax().item())
     got = model.generate_ids(prepared, num_beams=1, repetition_penalty=1.0, max_new_tokens=1, min_new_tokens=0)
     assert got[:, 0].tolist() == expected
 

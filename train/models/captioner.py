@@ -379,6 +379,10 @@ class DistinctADCaptioner(nn.Module):
                           no_repeat_ngram_size=no_repeat_ngram_size, max_new_tokens=max_new_tokens,
                           min_new_tokens=1, do_sample=False, pad_token_id=self.pad_id, eos_token_id=self.eos_id,
                           bos_token_id=self.bos_id)
+            # <bos>/<pad> decode to nothing: never generate them, so an AD is never an empty string.
+            suppress = sorted({self.bos_id, self.pad_id} - {self.eos_id})
+            if suppress:
+                kwargs["suppress_tokens"] = suppress
             kwargs.update(generate_kwargs)
             with warnings.catch_warnings():
                 # Without input_ids the penalties see only the generated AD, not the prompt and context: intended.
