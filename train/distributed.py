@@ -52,7 +52,12 @@ def init_distributed() -> tuple[int, int, int]:
         os.environ.setdefault("MASTER_PORT", str(free_port()))
     if not dist.is_initialized():
         import deepspeed
+        import deepspeed.ops
 
+        if not torch.cuda.is_available():
+            # DeepSpeed's CPU shared-memory all-reduce leaves a ~70 MB /dev/shm buffer per rank behind after every
+            # launch (never unlinked) until the machine runs out of memory; gloo does the collectives instead.
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     local_rank, rank, world = world_info_from_env()
     if torch.cuda.is_available():

@@ -7,14 +7,15 @@ eval mode (valid entries only), its batch counts in eval and train mode, and the
 import argparse
 import json
 
-import deepspeed
 import torch.distributed as dist
 
 from distinctad.data.wds_pipeline import get_wds_loader
 
 
 def main(shards: str, out: str) -> None:
-    deepspeed.init_distributed(dist_backend="gloo")
+    from distinctad.train.distributed import init_distributed
+
+    init_distributed()  # gloo on CPU, without DeepSpeed's leaking shared-memory buffers
     rank = dist.get_rank()
     result = {"rank": rank, "world": dist.get_world_size()}
 

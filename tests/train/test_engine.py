@@ -17,8 +17,15 @@ TRIVIAL = str(REPO / "launch/configs/trivial.yaml")
 NO_MLFLOW = ["--tracking.enabled", "false"]
 
 
+def _shm_buffers() -> set[str]:
+    shm = Path("/dev/shm")
+    return {p.name for p in shm.glob("deepspeed_allreduce_buffer_*")} if shm.is_dir() else set()
+
+
 def test_two_ranks_zero_1_2_3_loss_falls_and_replicas_agree(tmp_path):
+    before = _shm_buffers()
     run_cmd(deepspeed_cmd(2, REPO / "tests/train/ds_engine_check.py", str(tmp_path)), cwd=tmp_path)
+    assert _shm_buffers() <= before  # no shared-memory buffer left behind (they filled /dev/shm launch by launch)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["world_size"] == r1["world_size"] == 2
     for stage in ("1", "2", "3"):
