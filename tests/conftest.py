@@ -16,6 +16,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: tiny models gain nothing from more, and on a busy 2-core machine OpenMP threads
+    waiting on each other make a 1 s test take 20 s."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     random.seed(0)

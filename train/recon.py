@@ -48,6 +48,7 @@ from distinctad.train.models.clip_ad import (
     save_clip,
     text_token_outputs,
 )
+from distinctad.train.models.llm import special_ids
 from distinctad.train.params import DeepSpeedArgs, RunArgs, TrackingArgs, TrainArgs, opt, section
 from distinctad.train.tracking import Tracker
 
@@ -175,16 +176,6 @@ class ReconJob:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Model
-
-
-def special_ids(tokenizer) -> tuple[int, int, int]:
-    """(bos, eos, pad) of the LM tokenizer; GPT-2's has only <|endoftext|>, which then plays all three roles."""
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ValueError("the LM tokenizer has no eos token; the AD needs an end marker")
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    return bos, eos, pad
 
 
 class ReconModel(nn.Module):

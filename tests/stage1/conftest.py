@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from distinctad.train.models.clip_ad import TINY_MODEL, build_clip_ad
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a shared, busy CPU OpenMP threads waiting on each
-    # other make a 1 s test take 20 s.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test here runs on one intra-op thread (see tests/conftest.py)."""
 
 
 @pytest.fixture

@@ -14,13 +14,8 @@ SENTENCES = [f"{n} {a}." for n in NAMES for a in ACTIONS]
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    """Fixed seed; one intra-op thread, since tiny tensors only lose time to thread hand-offs on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test here runs on one intra-op thread (see tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ from distinctad.train.models.contextual_ema import ContextualEMA
 from distinctad.train.models.cross_attention import ContextCrossAttention
 from distinctad.train.models.distinctive import distinctive_targets, distinctive_word_loss, pad_targets
 from distinctad.train.models.distinctive_prompt import DistinctivePrompt
-from distinctad.train.models.llm import apply_lora, build_llm
+from distinctad.train.models.llm import apply_lora, build_llm, special_ids
 from distinctad.train.models.perceiver import PerceiverResampler
 
 logger = logging.getLogger(__name__)
@@ -151,16 +151,6 @@ ABLATIONS: dict[str, dict] = {
 }
 
 
-def _special_ids(tokenizer) -> tuple[int, int, int]:
-    """(bos, eos, pad); a tokenizer without bos uses eos as the "AD starts here" marker, without pad uses eos."""
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ValueError("the tokenizer has no eos token; the AD needs an end marker")
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    return bos, eos, pad
-
-
 def prepare_batch(batch: dict, tokenizer, cfg: CaptionerConfig) -> dict[str, torch.Tensor]:
     """Turn a collated window batch (data/wds_pipeline.py) into the tensors ``forward`` / ``generate`` take.
 
@@ -181,7 +171,7 @@ def prepare_batch(batch: dict, tokenizer, cfg: CaptionerConfig) -> dict[str, tor
     """
     if batch.get("feats") is None:
         raise ValueError("this window batch has no frame features (text-only windows cannot train or generate)")
-    bos, eos, pad = _special_ids(tokenizer)
+    bos, eos, pad = special_ids(tokenizer)
     clip_mask = batch["clip_mask"].bool()
     B, N = clip_mask.shape
     texts, labels, prompts = [], [], []
@@ -266,7 +256,7 @@ class DistinctADCaptioner(nn.Module):
             llm = apply_lora(llm, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
         self.llm = llm
         self.proj = nn.Linear(cfg.d_model, llm.get_input_embeddings().embedding_dim)
-        self.bos_id, self.eos_id, self.pad_id = _special_ids(tokenizer)
+        self.bos_id, self.eos_id, self.pad_id = special_ids(tokenizer)
 
     def encode_visual(self, feats: torch.Tensor, frame_mask: torch.Tensor,
                       clip_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

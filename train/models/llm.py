@@ -87,6 +87,17 @@ def resolve_local(name_or_path: str | os.PathLike, what: str = "LLM") -> str:
                             "(no downloads are made; pass a local path, or 'tiny-gpt2' / 'tiny-llama' for tests)")
 
 
+def special_ids(tokenizer) -> tuple[int, int, int]:
+    """(bos, eos, pad); a tokenizer without bos uses eos as the "AD starts here" marker, without pad uses eos
+    (GPT-2's only special token, <|endoftext|>, then plays all three roles)."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos token; the AD needs an end marker")
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    return bos, eos, pad
+
+
 def load_tokenizer(name_or_path: str | os.PathLike):
     """Load a tokenizer from a local directory (or the local hub cache); never downloads.
 
