@@ -125,10 +125,11 @@ class ReconModelArgs:
                               "stand-in for pre-trained GPT-2 where no weights exist); the result is saved to "
                               "<run dir>/lm and reused on resume. 0: use the LM as given.")
     pretrain_batch_size: int = opt(32, "Blocks per pre-training step.")
-    pretrain_block_size: int = opt(128, "Tokens per pre-training block (the ADs are packed back to back); at least "
-                                   "the longest reconstruction prompt + AD, so every position the LM sees is trained.")
-    pretrain_repeat: float = opt(0.0, "Fraction of the ADs repeated right away in the pre-training stream, so a tiny "
-                                 "LM learns to copy from its context as web-pretrained LMs can (see pretrain_lm).")
+    pretrain_block_size: int = opt(128, "Tokens per pre-training block (the ADs are packed back to back); copy rows "
+                                   "hold up to (block - 2) / 2 tokens of an AD.")
+    pretrain_repeat: float = opt(0.0, "Copy rows per pre-training step, as a fraction of model.pretrain_batch_size: "
+                                 "'[shuffled AD] <BOS> [the same] <EOS>', so a tiny LM learns to copy from its "
+                                 "context as web-pretrained LMs can (see pretrain_lm). 0: plain text only.")
     pretrain_lr: float = opt(3e-3, "Peak pre-training learning rate (AdamW, warm-up + cosine).")
     max_ad_tokens: int = opt(64, "ADs are cut to this many LM tokens in training.")
 
@@ -364,39 +365,59 @@ def pretrain_lm(texts: Sequence[str], tokenizer, model: nn.Module, *, steps: int
     The sentences are packed back to back (GPT-2 style) rather than one per row, so every position up to
     ``block_size`` is trained and the LM learns to continue after context: the reconstruction prompt puts the
     projected CLIP tokens before ``<BOS>``, which an LM trained only on sentences starting at position 0 has
-    never seen. Give the texts in story order (movie, then time) so that neighbouring ADs share names and places.
+    never seen.
+
+    Web-pretrained LMs can also copy from their context (induction heads), which is what lets a linear projector
+    make GPT-2 reconstruct an AD from its word tokens. A tiny LM trained briefly on a few thousand ADs does not
+    learn it, and repeating a sentence would not teach it: the LM memorises the sentence instead. So with
+    ``repeat`` > 0 every step also trains on copy rows laid out like the reconstruction prompt,
+    ``[y] <BOS> [y] <EOS>`` from position 0, where ``y`` is a training AD's tokens in a fresh random order: the
+    second ``y`` is unpredictable except by copying the first.
 
     Args:
         texts: the training sentences.
         tokenizer: the LM's tokenizer.
         model: a Hugging Face causal LM (its parameters must require grad).
         steps: optimizer steps (AdamW, warm-up + cosine to 0.1 x lr).
-        batch_size: blocks per step, drawn by a seeded permutation, epoch after epoch.
+        batch_size: text blocks per step, drawn by a seeded permutation, epoch after epoch.
         block_size: tokens per block.
         lr: peak learning rate.
-        repeat: fraction of the sentences that are immediately repeated in the stream. Web-pretrained LMs can
-            copy from their context (induction heads); a tiny LM trained briefly on ADs alone does not learn to,
-            and without it no projector can make it reconstruct anything. 0: plain text.
-        seed: data-order and repetition seed.
+        repeat: copy rows per step, as a fraction of ``batch_size`` (0: plain text only).
+        seed: data-order and shuffling seed.
         progress: show a tqdm bar.
 
     Returns:
-        The loss of every step.
+        The loss of every step (text and copy rows together, weighted by their tokens).
     """
     from tqdm import tqdm
 
     from distinctad.train.engine import warmup_cosine
 
-    bos, eos, _ = special_ids(tokenizer)
+    bos, eos, pad = special_ids(tokenizer)
     g = torch.Generator().manual_seed(seed)
-    encoded = tokenizer([t for t in texts if t.strip()], add_special_tokens=False)["input_ids"]
-    repeats = (torch.rand(len(encoded), generator=g) < repeat).tolist()
-    stream = [t for x, r in zip(encoded, repeats) for t in [bos, *x, eos] * (2 if r else 1)]
+    encoded = [x for x in tokenizer([t for t in texts if t.strip()], add_special_tokens=False)["input_ids"] if x]
+    stream = [t for x in encoded for t in [bos, *x, eos]]
     n_blocks = len(stream) // block_size
     if n_blocks < 1:
         raise ValueError(f"pretrain_lm needs at least {block_size} tokens of text, got {len(stream)}")
     device = next(model.parameters()).device
     blocks = torch.tensor(stream[:n_blocks * block_size]).view(n_blocks, block_size)  # (n_blocks, block_size)
+    n_copy = round(repeat * batch_size)
+    max_copy = max(1, (block_size - 2) // 2)
+
+    def copy_rows() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(n_copy, L) ids ``[y] <BOS> [y] <EOS>`` right-padded, their attention mask and their labels (only the
+        second y and <EOS>)."""
+        rows, labels = [], []
+        for i in torch.randint(len(encoded), (n_copy,), generator=g).tolist():
+            x = encoded[i][:max_copy]
+            y = [x[j] for j in torch.randperm(len(x), generator=g).tolist()]
+            rows.append(torch.tensor([*y, bos, *y, eos]))
+            labels.append(torch.tensor([IGNORE] * (len(y) + 1) + [*y, eos]))
+        return (pad_sequence(rows, batch_first=True, padding_value=pad),
+                pad_sequence([torch.ones_like(r) for r in rows], batch_first=True),
+                pad_sequence(labels, batch_first=True, padding_value=IGNORE))
+
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer,
@@ -410,7 +431,15 @@ def pretrain_lm(texts: Sequence[str], tokenizer, model: nn.Module, *, steps: int
             order += torch.randperm(n_blocks, generator=g).tolist()
         ids = blocks[order[:batch_size]].to(device)  # (B, block_size)
         order = order[batch_size:]
-        loss = model(input_ids=ids, labels=ids).loss
+        n_text = ids.numel() - len(ids)
+        loss = model(input_ids=ids, labels=ids).loss * n_text
+        n_tokens = n_text
+        if n_copy:
+            cids, cattn, clabels = (t.to(device) for t in copy_rows())
+            n = int((clabels[:, 1:] != IGNORE).sum())
+            loss = loss + model(input_ids=cids, attention_mask=cattn, labels=clabels).loss * n
+            n_tokens += n
+        loss = loss / n_tokens
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -704,7 +733,7 @@ def describe_models(m: ReconModelArgs) -> str:
     llm = "tiny GPT-2" if m.llm == "tiny-gpt2" else Path(m.llm).name or m.llm
     if m.pretrain_steps:
         llm += f" pre-trained {m.pretrain_steps} steps on the training ADs"
-        llm += f" ({m.pretrain_repeat:.0%} repeated)" if m.pretrain_repeat else ""
+        llm += f" (+{m.pretrain_repeat:.0%} copy rows)" if m.pretrain_repeat else ""
     return f"{clip} + {llm}"
 
 
