@@ -51,6 +51,7 @@ _SAMPLE_SHUFFLE_INITIAL = int(os.environ.get("DISTINCTAD_SAMPLE_SHUFFLE_INITIAL"
 SAFE_EXTENSIONS = ("json", "txt", "npy", "jpg")
 UNSAFE_EXTENSIONS = ("pyd", "pickle", "pkl", "pth", "pt", "ckpt", "npz", "mp", "msgpack")
 _LOG_FIRST, _LOG_EVERY = 10, 1000
+_GOPEN_BUFFER = 1 << 20
 
 
 def _env_int(name: str, default: int) -> int:
@@ -92,8 +93,39 @@ class CountingHandler:
 # ---------------------------------------------------------------- safe decoding
 
 
+# .npy header bytes -> (dtype, shape, Fortran order, data offset). Every window of a shard set has the same few
+# headers, and parsing one (np.load runs ast.literal_eval on it) costs more than reading the 128 KB behind it.
+_NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool, int]] = {}
+_NPY_HEADERS_MAX = 256
+
+
+def _npy_header_end(data: bytes) -> int:
+    """Offset of the array data in an ``.npy`` file (magic, version, header length, header); 0 when malformed."""
+    if len(data) < 10 or data[:6] != b"\x93NUMPY":
+        return 0
+    if data[6] == 1:
+        return 10 + int.from_bytes(data[8:10], "little")
+    return 12 + int.from_bytes(data[8:12], "little") if len(data) >= 12 else 0
+
+
 def _load_npy(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
+    """``np.load(..., allow_pickle=False)`` of one member, with the parsed header memoised.
+
+    A header seen before (same bytes, so the same dtype, shape and order) is not parsed again: the array is a
+    read-only view of ``data``. Object dtypes are never cached (np.load refuses them without pickle anyway).
+    """
+    end = _npy_header_end(data)
+    hit = _NPY_HEADERS.get(data[:end]) if end else None
+    if hit is None:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+        if end and not arr.dtype.hasobject and len(_NPY_HEADERS) < _NPY_HEADERS_MAX:
+            _NPY_HEADERS[data[:end]] = (arr.dtype, arr.shape, bool(arr.flags.f_contiguous and arr.ndim > 1), end)
+        return arr
+    dtype, shape, fortran, offset = hit
+    count = math.prod(shape)
+    if len(data) - offset < count * dtype.itemsize:
+        raise ValueError(f"truncated .npy: {len(data) - offset} data bytes for shape {shape} {dtype}")
+    return np.frombuffer(data, dtype, count=count, offset=offset).reshape(shape, order="F" if fortran else "C")
 
 
 def _load_jpg(data: bytes) -> Image.Image:
@@ -198,9 +230,46 @@ class _Decoder:
 PAD = {"__pad__": True}
 
 
+# Batch arrays at least this big cross from a loader worker as shared memory (a tensor), smaller ones as pickled
+# numpy. Each shared tensor costs the main process a file-descriptor hand-over (~1 ms on 2 cores), more than
+# piping a window batch's 1 MB; a frames batch (tens of MB) is far cheaper in shared memory.
+_SHM_MIN_BYTES = _env_int("DISTINCTAD_SHM_MIN_BYTES", 4 << 20)
+
+
+def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor for a batch; a big one in a DataLoader worker lives in shared memory from the start.
+
+    As torch's ``default_collate`` does: a worker's tensors reach the main process through shared memory anyway,
+    and allocating them there saves copying every batch once more. Send small ones as numpy (``tensor.numpy()``
+    unless ``tensor.is_shared()``): see ``_SHM_MIN_BYTES``.
+    """
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if torch.utils.data.get_worker_info() is None or nbytes < _SHM_MIN_BYTES:
+        return torch.empty(shape, dtype=dtype)
+    return torch.empty(0, dtype=dtype).set_(torch.UntypedStorage._new_shared(nbytes), 0, shape)
+
+
+def _as_is(batch: dict) -> dict:
+    """DataLoader ``collate_fn`` for batches collated by the pipeline (the default walks every nested list)."""
+    return batch
+
+
+def _to_torch(batches: Iterator[dict]) -> Iterator[dict]:
+    """Wrap each batch's numpy arrays as tensors (in the main process, without copying).
+
+    Workers send small arrays as pickled numpy: every *tensor* that crosses is a shared memory segment of its own,
+    handed over as a file descriptor, which costs far more than pickling them (see ``_SHM_MIN_BYTES``).
+    """
+    for batch in batches:
+        yield {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+
+
 @dataclass
 class _Collate:
-    """Collates decoded samples (and padding markers) into the batch dicts of the data contract."""
+    """Collates decoded samples (and padding markers) into the batch dicts of the data contract.
+
+    Runs in the loader workers; the small arrays stay numpy until :func:`_to_torch` in the main process.
+    """
 
     kind: str
     window: int
@@ -209,10 +278,10 @@ class _Collate:
     pad_image: torch.Tensor | None = None  # (T, 3, H, W) zeros, learnt from the first real frames sample
 
     def __call__(self, samples: list[dict]) -> dict:
-        valid = torch.tensor(["__pad__" not in s for s in samples])
+        valid = np.array(["__pad__" not in s for s in samples])
         return self._window(samples, valid) if self.kind == "window" else self._frames(samples, valid)
 
-    def _window(self, samples: list[dict], valid: torch.Tensor) -> dict:
+    def _window(self, samples: list[dict], valid: np.ndarray) -> dict:
         B, N = len(samples), self.window
         real = [s for s in samples if "__pad__" not in s]
         with_feats = [s for s in real if s["feats"] is not None]
@@ -222,14 +291,17 @@ class _Collate:
             T, D = self.num_frames, self.feature_dim
         else:
             T, D = 0, 0
-        # Filled in numpy and wrapped once: per-row torch indexing costs more than the copy itself.
-        # float16 as stored: half the bytes between worker processes; the model casts on its device.
-        feats = np.zeros((B, N, T, D), np.float16) if D else None  # (B, N, T, D)
+        # Filled in numpy through a view (per-row torch indexing costs more than the copy itself); uninitialised,
+        # so rows without features are zeroed below. float16 as stored; the model casts on its device.
+        feats_t = _batch_tensor((B, N, T, D), torch.float16) if D else None  # (B, N, T, D)
+        feats = feats_t.numpy() if D else None
         frame_mask = np.zeros((B, N, T), bool)  # (B, N, T)
         clip_mask = np.zeros((B, N), bool)  # (B, N)
         ad_index = np.full((B, N), -1, np.int64)  # (B, N)
         sentences, context, movie, key = [], [], [], []
         for b, s in enumerate(samples):
+            if feats is not None and ("__pad__" in s or s["feats"] is None):
+                feats[b] = 0
             if "__pad__" in s:
                 sentences.append([""] * N)
                 context.append([])
@@ -248,29 +320,30 @@ class _Collate:
                 feats[b] = s["feats"]
                 frame_mask[b] = s["mask"]
         return {
-            "feats": torch.from_numpy(feats) if feats is not None else None,
-            "frame_mask": torch.from_numpy(frame_mask),
-            "clip_mask": torch.from_numpy(clip_mask),
+            "feats": feats_t if feats_t is None or feats_t.is_shared() else feats,
+            "frame_mask": frame_mask,
+            "clip_mask": clip_mask,
             "sentences": sentences,
             "context": context,
             "movie": movie,
-            "ad_index": torch.from_numpy(ad_index),
+            "ad_index": ad_index,
             "key": key,
             "valid": valid,
         }
 
-    def _frames(self, samples: list[dict], valid: torch.Tensor) -> dict:
+    def _frames(self, samples: list[dict], valid: np.ndarray) -> dict:
         real = [s for s in samples if "__pad__" not in s]
         if real:
             self.pad_image = torch.zeros_like(real[0]["images"])
         if self.pad_image is None:
             raise RuntimeError("a frames batch made only of padding before any real sample: image size unknown")
-        images = torch.stack([self.pad_image if "__pad__" in s else s["images"] for s in samples])  # (B,T,3,H,W)
+        rows = [self.pad_image if "__pad__" in s else s["images"] for s in samples]
+        images = torch.stack(rows, out=_batch_tensor((len(rows), *rows[0].shape), rows[0].dtype))  # (B,T,3,H,W)
         return {
             "images": images,
             "sentence": ["" if "__pad__" in s else s["meta"]["sentence"] for s in samples],
             "movie": ["" if "__pad__" in s else s["meta"]["movie"] for s in samples],
-            "ad_index": torch.tensor([-1 if "__pad__" in s else int(s["meta"]["ad_index"]) for s in samples]),
+            "ad_index": np.array([-1 if "__pad__" in s else int(s["meta"]["ad_index"]) for s in samples], np.int64),
             "key": ["" if "__pad__" in s else s["key"] for s in samples],
             "valid": valid,
         }
@@ -530,6 +603,9 @@ def get_wds_loader(
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     urls = expand_shards(shards)
+    # webdataset opens local shards with Python's default 8 KiB buffer, and tarfile's stream mode reads 10 KiB at a
+    # time: a syscall per 10 KiB. Its own knob, GOPEN_BUFFER, makes that a memcpy (~10% more samples/s).
+    os.environ.setdefault("GOPEN_BUFFER", str(_GOPEN_BUFFER))
     env_rank, env_world = world_info()
     rank = env_rank if rank is None else rank
     world = env_world if world_size is None else world_size
@@ -600,8 +676,13 @@ def get_wds_loader(
             )
     dataset = wds.DataPipeline(*stages)
     dataloader = wds.WebLoader(
-        dataset, batch_size=None, shuffle=False, num_workers=num_workers, persistent_workers=num_workers > 0
-    )
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        collate_fn=_as_is,
+    ).compose(_to_torch)
     dataloader.num_batches = num_batches
     dataloader.num_samples = num_samples
     return DataInfo(dataloader, num_batches, num_samples, shared_epoch, shared_skip, skipped, unsafe)

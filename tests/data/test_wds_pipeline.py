@@ -76,6 +76,7 @@ def test_window_batch_contract(win_shards):
     d = get_wds_loader(str(win_shards), "window", 4, is_train=False, num_workers=0, pad_eval=False)
     batches = collect(d.dataloader)
     b = batches[0]
+    assert set(b) == {"feats", "frame_mask", "clip_mask", "sentences", "context", "movie", "ad_index", "key", "valid"}
     assert b["feats"].shape == (4, 4, 4, 32) and b["feats"].dtype == torch.float16
     assert b["frame_mask"].shape == (4, 4, 4) and b["clip_mask"].shape == (4, 4) and b["ad_index"].shape == (4, 4)
     assert b["key"][:2] == ["synth0000__000000", "synth0000__000004"]
@@ -164,6 +165,7 @@ def test_frames_loader_with_preprocess(synth_dir, tmp_path):
     d = get_wds_loader(str(out), "frames", 7, is_train=True, num_workers=0, preprocess=pre)
     b = next(iter(d.dataloader))
     assert b["images"].shape == (7, 3, 3, 5, 5) and (b["images"] == 12).all()
+    assert set(b) == {"images", "sentence", "movie", "ad_index", "key", "valid"} and b["valid"].dtype == torch.bool
     assert b["ad_index"].shape == (7,) and all(k.startswith(m) for k, m in zip(b["key"], b["movie"]))
     assert all(s.endswith(".") for s in b["sentence"])
 
@@ -193,3 +195,53 @@ def test_two_ranks_under_deepspeed(win_shards, tmp_path):
     # training: ceil(15 / (2 * 2)) = 4 batches, rounded to 2 workers -> 4 per rank, every epoch, on both ranks
     assert r[0]["train_batches"] == r[1]["train_batches"] == [4, 4] and r[0]["train_num_batches"] == 4
     assert r[1]["train_skipped"] >= 1 or r[0]["train_skipped"] >= 1
+
+
+def test_worker_batches_equal_in_process_batches(win_shards, monkeypatch):
+    """Arrays cross from workers as pickled numpy or shared memory; either way the windows are the same tensors."""
+    from distinctad.data import wds_pipeline
+
+    def windows(workers: int, shared: bool = False) -> dict[str, tuple]:
+        d = get_wds_loader(str(win_shards), "window", 4, is_train=False, num_workers=workers, pad_eval=False)
+        out = {}
+        for b in d.dataloader:
+            assert b["feats"].is_shared() == shared
+            for name in ("feats", "frame_mask", "clip_mask", "ad_index", "valid"):
+                assert isinstance(b[name], torch.Tensor), name
+            assert b["feats"].dtype == torch.float16 and b["ad_index"].dtype == torch.int64
+            for i, key in enumerate(b["key"]):
+                out[key] = (b["feats"][i], b["frame_mask"][i], b["clip_mask"][i], b["ad_index"][i], b["sentences"][i])
+        return out
+
+    ref = windows(0)
+    assert len(ref) == 15
+    for shm_min in (1 << 30, 0):  # everything pickled; the features in shared memory
+        monkeypatch.setattr(wds_pipeline, "_SHM_MIN_BYTES", shm_min)
+        got = windows(2, shared=shm_min == 0)
+        assert got.keys() == ref.keys()
+        for key, row in got.items():
+            *arrays, sentences = row
+            assert all(torch.equal(a, b) for a, b in zip(arrays, ref[key][:4])), key
+            assert sentences == ref[key][4]
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("dtype", ["float16", "float32", "bool", "int64", ">i4"])
+def test_npy_loader_equals_np_load_and_rejects_truncation(order, dtype):
+    import numpy as np
+
+    from distinctad.data.wds_pipeline import _load_npy
+
+    arr = np.asarray(np.arange(24).reshape(2, 3, 4) % 5, dtype=dtype, order=order)
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    data = buf.getvalue()
+    for _ in range(2):  # parsed, then from the memoised header
+        got = _load_npy(data)
+        assert got.dtype == arr.dtype and got.shape == arr.shape and np.array_equal(got, arr)
+        with pytest.raises(ValueError):
+            _load_npy(data[:-3])
+    obj = io.BytesIO()
+    np.save(obj, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="pickle"):
+        _load_npy(obj.getvalue())
