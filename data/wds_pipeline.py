@@ -119,7 +119,7 @@ def _load_npy(data: bytes) -> np.ndarray:
     if hit is None:
         arr = np.load(io.BytesIO(data), allow_pickle=False)
         if end and not arr.dtype.hasobject and len(_NPY_HEADERS) < _NPY_HEADERS_MAX:
-            _NPY_HEADERS[data[:end]] = (arr.dtype, arr.shape, bool(arr.flags.f_contiguous and arr.ndim > 1), end)
+            _NPY_HEADERS[data[:end]] = (arr.dtype, arr.shape, not arr.flags.c_contiguous, end)
         return arr
     dtype, shape, fortran, offset = hit
     count = math.prod(shape)
@@ -240,13 +240,17 @@ def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised tensor for a batch; a big one in a DataLoader worker lives in shared memory from the start.
 
     As torch's ``default_collate`` does: a worker's tensors reach the main process through shared memory anyway,
-    and allocating them there saves copying every batch once more. Send small ones as numpy (``tensor.numpy()``
-    unless ``tensor.is_shared()``): see ``_SHM_MIN_BYTES``.
+    and allocating them there saves copying every batch once more. Put it in the batch with :func:`_sendable`.
     """
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    nbytes = math.prod(shape) * dtype.itemsize
     if torch.utils.data.get_worker_info() is None or nbytes < _SHM_MIN_BYTES:
         return torch.empty(shape, dtype=dtype)
     return torch.empty(0, dtype=dtype).set_(torch.UntypedStorage._new_shared(nbytes), 0, shape)
+
+
+def _sendable(t: torch.Tensor) -> torch.Tensor | np.ndarray:
+    """How a batch tensor from :func:`_batch_tensor` crosses to the main process: shared, or as numpy."""
+    return t if t.is_shared() else t.numpy()
 
 
 def _as_is(batch: dict) -> dict:
@@ -320,7 +324,7 @@ class _Collate:
                 feats[b] = s["feats"]
                 frame_mask[b] = s["mask"]
         return {
-            "feats": feats_t if feats_t is None or feats_t.is_shared() else feats,
+            "feats": _sendable(feats_t) if feats_t is not None else None,
             "frame_mask": frame_mask,
             "clip_mask": clip_mask,
             "sentences": sentences,
@@ -340,7 +344,7 @@ class _Collate:
         rows = [self.pad_image if "__pad__" in s else s["images"] for s in samples]
         images = torch.stack(rows, out=_batch_tensor((len(rows), *rows[0].shape), rows[0].dtype))  # (B,T,3,H,W)
         return {
-            "images": images,
+            "images": _sendable(images),
             "sentence": ["" if "__pad__" in s else s["meta"]["sentence"] for s in samples],
             "movie": ["" if "__pad__" in s else s["meta"]["movie"] for s in samples],
             "ad_index": np.array([-1 if "__pad__" in s else int(s["meta"]["ad_index"]) for s in samples], np.int64),

@@ -12,13 +12,12 @@ this test several minutes longer.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 from distinctad.data.annotations import read_annotations
 from distinctad.eval import evaluate
+from distinctad.train.engine import warmup_cosine
 from distinctad.train.models.clip_ad import build_clip_ad
 from distinctad.train.models.llm import build_llm, train_bpe_tokenizer
 from distinctad.train.recon import ReconModel, collate, pretrain_lm
@@ -57,8 +56,7 @@ def train_projector(model: ReconModel, tokenizer, texts: list[str]) -> list[floa
     model.clip_features = CachedCLIP(model)
     steps = EPOCHS * (len(texts) // BATCH)
     opt = torch.optim.AdamW(model.projector.parameters(), lr=LR, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 0.5 * (1 + math.cos(math.pi * s / steps))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, 20, steps, 0.1))
     g = torch.Generator().manual_seed(0)
     order: list[int] = []
     losses = []
