@@ -4,7 +4,17 @@ The three source folders are mapped into one ``distinctad`` namespace so that th
 generic folder names (train, data, eval) never clash with other installed packages.
 """
 
+from pathlib import Path
+
 from setuptools import setup
+
+
+def _packages(folder: str) -> list[str]:
+    """``train`` -> ["distinctad.train", "distinctad.train.core", ...]: every folder holding an __init__.py."""
+    root = Path(__file__).parent / folder
+    found = sorted(root.rglob("__init__.py"))
+    return [".".join(["distinctad", folder, *p.parent.relative_to(root).parts]) for p in found]
+
 
 TORCH = ["torch>=2.4,<=2.14.1", "torchvision"]
 
@@ -13,15 +23,10 @@ setup(
     version="0.1.0",
     description="DistinctAD: distinctive audio description for movies, trained at scale with DeepSpeed",
     python_requires=">=3.10",
-    packages=["distinctad", "distinctad.train", "distinctad.train.models", "distinctad.data", "distinctad.eval"],
-    package_dir={
-        "distinctad": "distinctad",
-        "distinctad.train": "train",
-        "distinctad.train.models": "train/models",
-        "distinctad.data": "data",
-        "distinctad.eval": "eval",
-    },
-    package_data={"distinctad.train.models": ["model_configs/*.json"]},
+    packages=["distinctad", *_packages("train"), *_packages("data"), *_packages("eval")],
+    package_dir={"distinctad": "distinctad", "distinctad.train": "train", "distinctad.data": "data",
+                 "distinctad.eval": "eval"},
+    package_data={"distinctad.train.models": ["model_configs/*.json"], "distinctad.data": ["assets/*", "assets/**/*"]},
     install_requires=[
         *TORCH,
         "deepspeed>=0.15",
@@ -48,9 +53,9 @@ setup(
             "distinctad-shards=distinctad.data.cli:main",
             "distinctad-eval=distinctad.eval.cli:main",
             "distinctad-train=distinctad.train.main:main",
-            "distinctad-extract=distinctad.train.extract:main",
-            "distinctad-generate=distinctad.train.generate:main",
-            "distinctad-ablate=distinctad.train.ablation:main",
+            "distinctad-extract=distinctad.train.tools.extract:main",
+            "distinctad-generate=distinctad.train.tools.generate:main",
+            "distinctad-ablate=distinctad.train.tools.ablate:main",
         ]
     },
 )

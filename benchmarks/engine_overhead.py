@@ -12,11 +12,11 @@ import time
 
 import torch
 
-from distinctad.data.logs import init_logger
-from distinctad.train import distributed as D
-from distinctad.train.engine import build_engine, param_groups
-from distinctad.train.params import DeepSpeedArgs, TrainArgs
-from distinctad.train.trivial import MLP
+from distinctad.common import init_logger
+from distinctad.train.core import distributed as D
+from distinctad.train.core.engine import build_engine, param_groups
+from distinctad.train.core.params import DeepSpeedArgs, TrainArgs
+from distinctad.train.trivial.task import MLP
 
 
 def plain(model, x, y, steps: int, train: TrainArgs) -> float:

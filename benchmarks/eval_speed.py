@@ -13,8 +13,8 @@ import argparse
 import logging
 import time
 
+from distinctad.common import init_logger
 from distinctad.data.annotations import read_annotations
-from distinctad.data.logs import init_logger
 from distinctad.eval import evaluate
 
 DEFAULT_GT = "/work/shared/data/madeval_anno.csv"

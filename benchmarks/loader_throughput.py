@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from distinctad.common import init_logger
 from distinctad.data.annotations import read_annotations
-from distinctad.data.logs import init_logger
 from distinctad.data.shards import BuildOptions, build_shards
 from distinctad.data.synthmad import write_synthmad
 from distinctad.data.wds_pipeline import get_wds_loader

@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from distinctad.data.logs import init_logger
+from distinctad.common import init_logger
 from distinctad.train.models.clip_ad import CLIPAD, TINY_MODEL, build_clip_ad
-from distinctad.train.stage1_losses import Stage1Loss, Stage1LossConfig
+from distinctad.train.stage1.losses import Stage1Loss, Stage1LossConfig
 
 logger = logging.getLogger(__name__)
 

@@ -25,14 +25,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stage1_throughput import random_batch  # noqa: E402
 
-from distinctad.data.logs import init_logger  # noqa: E402
-from distinctad.train import distributed as D  # noqa: E402
-from distinctad.train.engine import build_engine  # noqa: E402
-from distinctad.train.loop import engine_dtype  # noqa: E402
+from distinctad.common import init_logger  # noqa: E402
+from distinctad.train.core import distributed as D  # noqa: E402
+from distinctad.train.core.engine import build_engine  # noqa: E402
+from distinctad.train.core.loop import engine_dtype  # noqa: E402
+from distinctad.train.core.params import DeepSpeedArgs, TrainArgs  # noqa: E402
 from distinctad.train.models.clip_ad import TINY_MODEL, build_clip_ad  # noqa: E402
-from distinctad.train.params import DeepSpeedArgs, TrainArgs  # noqa: E402
-from distinctad.train.stage1 import logit_scale_1d  # noqa: E402
-from distinctad.train.stage1_losses import Stage1Loss, Stage1LossConfig  # noqa: E402
+from distinctad.train.stage1.losses import Stage1Loss, Stage1LossConfig  # noqa: E402
+from distinctad.train.stage1.task import logit_scale_1d  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -300,7 +300,7 @@ def write_mad_json(ads: list[AD], path: str | os.PathLike) -> None:
 
     Used by SynthMAD and tests, so generated data goes through the same reader as real MAD.
     """
-    from distinctad.data.atomic import atomic_write_text
+    from distinctad.common import atomic_write_text
 
     out = {}
     for i, ad in enumerate(ads):

@@ -20,7 +20,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from distinctad.data.logs import init_logger
+from distinctad.common import init_logger
 
 logger = logging.getLogger("distinctad.data.cli")
 

@@ -30,8 +30,8 @@ import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
+from distinctad.common import atomic_path, atomic_write_json
 from distinctad.data.annotations import AD
-from distinctad.data.atomic import atomic_path, atomic_write_json
 from distinctad.data.features import FEATURE_FPS, FeatureReader, ad_in_features
 
 logger = logging.getLogger(__name__)

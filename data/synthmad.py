@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from distinctad.common import atomic_path, atomic_write_json
 from distinctad.data.annotations import AD, write_mad_json
-from distinctad.data.atomic import atomic_path, atomic_write_json
 
 logger = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from distinctad.data.logs import warn_once
+from distinctad.common import warn_once
 
 logger = logging.getLogger(__name__)
 

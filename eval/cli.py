@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from distinctad.data.logs import init_logger
+from distinctad.common import init_logger
 from distinctad.eval.captions import CAPTION_METRICS
 from distinctad.eval.errors import EvalEnvironmentError, EvalInputError
 from distinctad.eval.harness import evaluate, log_to_mlflow, to_markdown, write_report

@@ -236,7 +236,7 @@ def to_markdown(result: dict, title: str = "DistinctAD evaluation") -> str:
 
 def write_report(result: dict, prefix: str | os.PathLike) -> tuple[str, str]:
     """Write ``prefix.json`` and ``prefix.md`` atomically; returns both paths."""
-    from distinctad.data.atomic import atomic_write_json, atomic_write_text
+    from distinctad.common import atomic_write_json, atomic_write_text
 
     prefix = str(prefix)
     json_path, md_path = prefix + ".json", prefix + ".md"

@@ -4,4 +4,4 @@
 # Each step is printed as the command you would run on real MAD data; re-running reuses finished steps.
 #   bash launch/quickstart.sh [--work work/quickstart] [--fresh] [--help]
 set -euo pipefail
-exec "${PYTHON:-python}" -m distinctad.train.pipeline "$@"
+exec "${PYTHON:-python}" -m distinctad.train.tools.quickstart "$@"

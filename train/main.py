@@ -12,33 +12,33 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from distinctad.data.logs import init_logger
-from distinctad.train.config import ConfigError, load_config
+from distinctad.common import init_logger
+from distinctad.train.core.config import ConfigError, load_config
 
 logger = logging.getLogger(__name__)
 
 
 def _trivial() -> tuple[type, Callable[[Any], dict]]:
-    from distinctad.train.loop import fit
-    from distinctad.train.trivial import TrivialJob, TrivialTask
+    from distinctad.train.core.loop import fit
+    from distinctad.train.trivial.task import TrivialJob, TrivialTask
 
     return TrivialJob, lambda cfg: fit(TrivialTask(cfg), cfg, job="trivial")
 
 
 def _stage1() -> tuple[type, Callable[[Any], dict]]:
-    from distinctad.train.stage1 import Stage1Job, run
+    from distinctad.train.stage1.task import Stage1Job, run
 
     return Stage1Job, run
 
 
 def _stage2() -> tuple[type, Callable[[Any], dict]]:
-    from distinctad.train.stage2 import Stage2Job, run
+    from distinctad.train.stage2.task import Stage2Job, run
 
     return Stage2Job, run
 
 
 def _recon() -> tuple[type, Callable[[Any], dict]]:
-    from distinctad.train.recon import ReconJob, run
+    from distinctad.train.recon.task import ReconJob, run
 
     return ReconJob, run
 
@@ -92,7 +92,7 @@ def run_job(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"error: unknown job '{job}' (choose from {', '.join(JOBS)})")
     cfg_cls, runner = JOBS[job]()
     if "-h" in rest or "--help" in rest:
-        from distinctad.train.params import describe
+        from distinctad.train.core.config import describe
 
         print(usage.splitlines()[0].replace("JOB", job) + "\n\nkeys:\n" + "\n".join(describe(cfg_cls)))
         raise SystemExit(0)
@@ -103,12 +103,12 @@ def run_job(argv: list[str] | None = None) -> dict:
     except ConfigError as e:
         raise SystemExit(f"error: {e}") from None
 
-    from distinctad.train.distributed import init_distributed, shutdown
+    from distinctad.train.core.distributed import init_distributed, shutdown
 
     _, rank, _ = init_distributed()
     init_logger(rank=rank)
-    from distinctad.train.checkpoint import CheckpointError
-    from distinctad.train.loop import NonFiniteLossError
+    from distinctad.train.core.checkpoint import CheckpointError
+    from distinctad.train.core.loop import NonFiniteLossError
 
     try:
         result = runner(cfg)

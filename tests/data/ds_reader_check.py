@@ -13,7 +13,7 @@ from distinctad.data.wds_pipeline import get_wds_loader
 
 
 def main(shards: str, out: str) -> None:
-    from distinctad.train.distributed import init_distributed
+    from distinctad.train.core.distributed import init_distributed
 
     init_distributed()  # gloo on CPU, without DeepSpeed's leaking shared-memory buffers
     rank = dist.get_rank()

@@ -1,7 +1,7 @@
 """MLflow server down mid-run: training completes, every metric is in metrics.jsonl, one warning.
 
 A real ``mlflow server`` on 127.0.0.1 (free port, SQLite store in tmp) is killed while the job is paused at step 5
-by ``DISTINCTAD_FAULT_PAUSE_AT_STEP`` (see ``distinctad.train.loop``). Every wait is bounded.
+by ``DISTINCTAD_FAULT_PAUSE_AT_STEP`` (see ``distinctad.train.core.loop``). Every wait is bounded.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from distinctad.train.checkpoint import SafeTorchCheckpointEngine
+from distinctad.train.core.checkpoint import SafeTorchCheckpointEngine
 from tests.conftest import run_cmd
 from tests.faults.conftest import latest, metrics_rows, run_failing, trivial_cmd
 
@@ -29,7 +29,7 @@ def test_nonfinite_losses_are_skipped_then_too_many_in_a_row_stop_cleanly(tmp_pa
     assert err.strip().splitlines()[-1] == (
         f"error: 3 non-finite losses in a row at step 5 (train.max_bad_steps=3); stopped. Last good checkpoint: "
         f"{run}/checkpoints/step_00000004")
-    assert err.count("WARNING distinctad.train.loop: non-finite loss at step") == 5
+    assert err.count("WARNING distinctad.train.core.loop: non-finite loss at step") == 5
     assert "non-finite loss at step 3 (micro-batch 2 of epoch 0): step skipped (1 in a row" in err
     assert "non-finite loss at step 5 (micro-batch 8 of epoch 0): step skipped (3 in a row" in err
     rows = metrics_rows(run)

@@ -14,7 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from distinctad.train.checkpoint import CheckpointError, SafeTorchCheckpointEngine, deepspeed_safe_globals, latest_tag
+from distinctad.train.core.checkpoint import (
+    CheckpointError,
+    SafeTorchCheckpointEngine,
+    deepspeed_safe_globals,
+    latest_tag,
+)
 from tests.conftest import REPO, run_cmd
 from tests.faults.conftest import run_failing, trivial_cmd
 

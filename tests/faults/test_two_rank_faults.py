@@ -23,7 +23,7 @@ import psutil
 import pytest
 import torch
 
-from distinctad.train.checkpoint import SafeTorchCheckpointEngine
+from distinctad.train.core.checkpoint import SafeTorchCheckpointEngine
 from tests.conftest import run_cmd
 from tests.faults.conftest import latest, metrics_rows, run_failing, trivial_cmd
 

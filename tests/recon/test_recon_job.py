@@ -109,7 +109,7 @@ def test_clip_and_lm_are_bit_identical_after_training(runs, mode):
 
 
 def test_table_of_both_runs(runs, tmp_path, capsys):
-    from distinctad.train.recon import main
+    from distinctad.train.recon.task import main
 
     main(["--runs", str(runs["cls"][0]), str(runs["words"][0]), "--out", str(tmp_path / "t.md")])
     printed = capsys.readouterr().out

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distinctad.train.config import ConfigError, from_dict
+from distinctad.train.core.config import ConfigError, from_dict
 from distinctad.train.models.clip_ad import TINY_MODEL, build_clip_ad, create_clip, save_clip, text_token_outputs
 from distinctad.train.models.llm import build_llm, save_llm, train_bpe_tokenizer
-from distinctad.train.recon import (
+from distinctad.train.recon.task import (
     ReconJob,
     ReconModel,
     ReconModelArgs,
@@ -127,7 +127,7 @@ def test_saved_projector_reloads_and_generates_the_same_text(tokenizer, tmp_path
     save_llm(build_llm("tiny-gpt2", tokenizer), tokenizer, tmp_path / "lm")
     args = from_dict(ReconModelArgs, {"projector_input": mode, "clip_pretrained": str(tmp_path / "clip"),
                                       "llm": str(tmp_path / "lm")})
-    from distinctad.train.recon import build_recon_model
+    from distinctad.train.recon.task import build_recon_model
 
     model = build_recon_model(args, tokenizer)
     opt = torch.optim.AdamW(model.projector.parameters(), lr=3e-2)

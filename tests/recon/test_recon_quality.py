@@ -17,10 +17,10 @@ import torch
 
 from distinctad.data.annotations import read_annotations
 from distinctad.eval import evaluate
-from distinctad.train.engine import warmup_cosine
+from distinctad.train.core.engine import warmup_cosine
 from distinctad.train.models.clip_ad import build_clip_ad
 from distinctad.train.models.llm import build_llm, train_bpe_tokenizer
-from distinctad.train.recon import ReconModel, collate, pretrain_lm
+from distinctad.train.recon.task import ReconModel, collate, pretrain_lm
 from tests.recon.conftest import EVAL_MOVIE, MADEVAL_CSV
 
 pytestmark = pytest.mark.slow

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from distinctad.train.models.clip_ad import TINY_MODEL, build_clip_ad, pool_video
-from distinctad.train.retrieval import retrieval_metrics
-from distinctad.train.stage1_losses import Stage1Loss, Stage1LossConfig
+from distinctad.train.stage1.losses import Stage1Loss, Stage1LossConfig
+from distinctad.train.stage1.retrieval import retrieval_metrics
 
 CAPTIONS = ["Ana opens the red door.", "Bob drives a blue car.", "The old man reads a letter.",
             "A girl runs down the street.", "Tom sits on the bed.", "She lights a candle."]

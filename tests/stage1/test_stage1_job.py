@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from distinctad.data.wds_pipeline import get_wds_loader
-from distinctad.train.extract import ExtractConfig, extract
-from distinctad.train.extract import main as extract_main
 from distinctad.train.models.clip_ad import TINY_MODEL, build_clip_ad, clip_transforms
+from distinctad.train.tools.extract import ExtractConfig, extract
+from distinctad.train.tools.extract import main as extract_main
 from tests.conftest import REPO, deepspeed_cmd, run_cmd
 
 pytestmark = pytest.mark.slow
@@ -241,8 +241,8 @@ def test_stage1_help_lists_job_keys(capsys):
 
 
 def test_configs_load_and_missing_weights_is_a_one_line_error(stage1_run, tmp_path):
-    from distinctad.train.config import ConfigError, load_config
-    from distinctad.train.stage1 import Stage1Job, Stage1Task
+    from distinctad.train.core.config import ConfigError, load_config
+    from distinctad.train.stage1.task import Stage1Job, Stage1Task
 
     big = load_config(Stage1Job, REPO / "launch/configs/stage1_vitb32.yaml")
     assert big.model.name == "ViT-B-32" and big.deepspeed.zero_stage == 2 and big.deepspeed.precision == "bf16"

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distinctad.train.fig_b2 import figure_embeddings, similarity_figure
-from distinctad.train.retrieval import retrieval_metrics
+from distinctad.train.stage1.fig_b2 import figure_embeddings, similarity_figure
+from distinctad.train.stage1.retrieval import retrieval_metrics
 
 
 def test_retrieval_metrics_hand_built():

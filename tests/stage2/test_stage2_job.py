@@ -88,7 +88,7 @@ def test_two_ranks_zero3_lora_tiny_llama(synth, tmp_path):
 
 
 def test_generate_cli_matches_in_training_eval(synth, tmp_path):
-    from distinctad.train.generate import main as generate
+    from distinctad.train.tools.generate import main as generate
 
     out = tmp_path / "one"
     run_cmd(["bash", str(REPO / "launch/stage2.sh"), *_job(synth, out, "--train.max_steps", "6")], cwd=tmp_path)

@@ -10,10 +10,10 @@ import sys
 import deepspeed
 import torch
 
-from distinctad.train import distributed as D
-from distinctad.train.engine import build_engine
-from distinctad.train.params import DeepSpeedArgs, TrainArgs
-from distinctad.train.trivial import MLP, TrivialModelArgs, make_data
+from distinctad.train.core import distributed as D
+from distinctad.train.core.engine import build_engine
+from distinctad.train.core.params import DeepSpeedArgs, TrainArgs
+from distinctad.train.trivial.task import MLP, TrivialModelArgs, make_data
 
 
 def main(out: str) -> None:

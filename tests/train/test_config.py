@@ -2,28 +2,34 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import pytest
 
-from distinctad.train.config import ConfigError, load_config, parse_overrides, save_config
-from distinctad.train.params import TrainArgs, opt, section
-from distinctad.train.trivial import TrivialJob
+from distinctad.train.core.config import ConfigError, load_config, parse_overrides, save_config
+from distinctad.train.core.params import TrainArgs
+from distinctad.train.trivial.task import TrivialJob
 
 
 @dataclass
 class Inner:
-    width: int = opt(8, "w")
-    mode: Literal["a", "b"] = opt("a", "m")
-    ratio: float | None = opt(None, "r")
+    width: int = 8
+    """w"""
+    mode: Literal["a", "b"] = "a"
+    """m"""
+    ratio: float | None = None
+    """r"""
 
 
 @dataclass
 class Outer:
-    name: str = opt("x", "n")
-    tags: list[str] = opt([], "t")
-    inner: Inner = section(Inner)
+    name: str = "x"
+    """n"""
+    tags: list[str] = field(default_factory=list)
+    """t"""
+    inner: Inner = field(default_factory=Inner)
+    """A nested section."""
 
 
 def test_yaml_and_overrides_round_trip(tmp_path):

@@ -6,7 +6,7 @@ import json
 
 import mlflow
 
-from distinctad.train.tracking import Tracker
+from distinctad.train.core.tracking import Tracker
 from tests.conftest import REPO, free_port, run_cmd
 
 TRIVIAL = str(REPO / "launch/configs/trivial.yaml")

@@ -39,7 +39,7 @@ from open_clip.push_to_hf_hub import save_config_for_hf
 from open_clip.transformer import text_global_pool
 from torch import nn
 
-from distinctad.data.atomic import atomic_path
+from distinctad.common import atomic_path
 
 logger = logging.getLogger(__name__)
 

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
-from distinctad.data.atomic import atomic_write_text
-from distinctad.train import distributed as D
-from distinctad.train.config import save_config
+from distinctad.common import atomic_write_text
+from distinctad.train.core import distributed as D
+from distinctad.train.core.config import save_config
 
 logger = logging.getLogger(__name__)
 LATEST = "latest"

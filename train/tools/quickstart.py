@@ -21,10 +21,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distinctad.data.atomic import atomic_write_text
+from distinctad.common import atomic_write_text
 
 logger = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COLUMNS = ["CIDEr", "R@5/16", "BLEU-1", "BLEU-4", "METEOR", "ROUGE-L"]
 
 
@@ -79,8 +79,8 @@ def finished(run_dir: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from distinctad.data.logs import init_logger
-    from distinctad.train.tracking import ParentRun, tracking_uri
+    from distinctad.common import init_logger
+    from distinctad.train.core.tracking import ParentRun, tracking_uri
 
     init_logger()
     work = Path(args.work)

@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from distinctad.data.logs import warn_once
+from distinctad.common import warn_once
 
 try:
     import mlflow

@@ -10,7 +10,7 @@ Stage-I's fine-grained word loss (the [CLS] vector keeps little, the word tokens
 
 Evaluation generates every eval AD back from its embedding, scores the reconstructions with the eval harness and
 writes the Table A.1 row next to the paper's numbers (``eval/step_*_table_a1.md``, also an MLflow artifact).
-``python -m distinctad.train.recon --runs RUN_DIR ...`` puts the rows of several runs into one table.
+``python -m distinctad.train.recon.task --runs RUN_DIR ...`` puts the rows of several runs into one table.
 
 Without real weights (``model.clip_pretrained`` / ``model.llm`` empty or tiny), the CLIP tower is random and the
 LM is a tiny GPT-2 pre-trained on the training ADs for ``model.pretrain_steps`` steps (:func:`pretrain_lm`): a
@@ -26,7 +26,7 @@ import logging
 import math
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,10 +35,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
+from distinctad.common import atomic_path, atomic_write_json, atomic_write_text
 from distinctad.data.annotations import AD, read_annotations
-from distinctad.data.atomic import atomic_path, atomic_write_json, atomic_write_text
-from distinctad.train import distributed as D
-from distinctad.train.config import ConfigError
+from distinctad.train.core import distributed as D
+from distinctad.train.core.config import ConfigError
+from distinctad.train.core.params import DeepSpeedArgs, RunArgs, TrackingArgs, TrainArgs
+from distinctad.train.core.tracking import Tracker
 from distinctad.train.models.clip_ad import (
     CLIPAD,
     TINY_MODEL,
@@ -49,8 +51,6 @@ from distinctad.train.models.clip_ad import (
     text_token_outputs,
 )
 from distinctad.train.models.llm import special_ids
-from distinctad.train.params import DeepSpeedArgs, RunArgs, TrackingArgs, TrainArgs, opt, section
-from distinctad.train.tracking import Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -78,25 +78,33 @@ class TrainableParametersError(RuntimeError):
 
 @dataclass
 class ReconDataArgs:
-    train_annotations: str = opt("", "Training ADs: AutoAD-style CSV or MAD JSON (Table A.1: MAD-v2-Named train); "
-                                 "empty: the embedded SynthMAD default's annotations, generated under "
-                                 "data.synth_dir on first use.")
-    eval_annotations: str = opt("", "Eval ADs (CSV or MAD JSON; Table A.1: MAD-Eval); empty: the same file as "
-                                "data.train_annotations.")
-    train_movies: list[str] = opt([], "Train only on these movies of data.train_annotations (empty: all).")
-    eval_movies: list[str] = opt([], "Evaluate only on these movies of data.eval_annotations (empty: all).")
-    exclude_eval_movies: bool = opt(True, "Drop the eval movies from the training ADs, so one file can be split "
-                                    "by movie by listing only data.eval_movies.")
-    columns: dict[str, str] = opt({}, "CSV column mapping, keys movie/sentence/start/end/movie_duration "
-                                  "(values: the header names in the file).")
-    timestamp_field: Literal["timestamps", "ext_timestamps"] = opt("timestamps", "MAD JSON timestamp field (only "
-                                                                   "orders the ADs here).")
-    bad_utf8: Literal["error", "repair", "drop"] = opt("repair", "Invalid UTF-8 in an annotation: fail, replace "
-                                                       "the bytes by U+FFFD, or drop the row.")
-    max_train_ads: int = opt(0, "Train on at most this many ADs, evenly spaced over the set (0: all).")
-    max_eval_ads: int = opt(0, "Evaluate on at most this many ADs, evenly spaced over the set (0: all).")
-    synth_dir: str = opt("work/synthmad", "Where the SynthMAD default lives (used when data.train_annotations is "
-                         "empty).")
+    train_annotations: str = ""
+    """
+    Training ADs: AutoAD-style CSV or MAD JSON (Table A.1: MAD-v2-Named train); empty: the embedded SynthMAD default's
+    annotations, generated under data.synth_dir on first use.
+    """
+    eval_annotations: str = ""
+    """Eval ADs (CSV or MAD JSON; Table A.1: MAD-Eval); empty: the same file as data.train_annotations."""
+    train_movies: list[str] = field(default_factory=list)
+    """Train only on these movies of data.train_annotations (empty: all)."""
+    eval_movies: list[str] = field(default_factory=list)
+    """Evaluate only on these movies of data.eval_annotations (empty: all)."""
+    exclude_eval_movies: bool = True
+    """
+    Drop the eval movies from the training ADs, so one file can be split by movie by listing only data.eval_movies.
+    """
+    columns: dict[str, str] = field(default_factory=lambda: {})
+    """CSV column mapping, keys movie/sentence/start/end/movie_duration (values: the header names in the file)."""
+    timestamp_field: Literal["timestamps", "ext_timestamps"] = "timestamps"
+    """MAD JSON timestamp field (only orders the ADs here)."""
+    bad_utf8: Literal["error", "repair", "drop"] = "repair"
+    """Invalid UTF-8 in an annotation: fail, replace the bytes by U+FFFD, or drop the row."""
+    max_train_ads: int = 0
+    """Train on at most this many ADs, evenly spaced over the set (0: all)."""
+    max_eval_ads: int = 0
+    """Evaluate on at most this many ADs, evenly spaced over the set (0: all)."""
+    synth_dir: str = "work/synthmad"
+    """Where the SynthMAD default lives (used when data.train_annotations is empty)."""
 
     def __post_init__(self) -> None:
         if self.max_train_ads < 0 or self.max_eval_ads < 0:
@@ -105,33 +113,54 @@ class ReconDataArgs:
 
 @dataclass
 class ReconModelArgs:
-    projector_input: Literal["cls", "words"] = opt("words", "What the projector sees: 'cls' = the pooled [CLS] "
-                                                   "(EOT) vector, one LM token; 'words' = the per-token outputs "
-                                                   "of all the AD's word tokens, one LM token each.")
-    clip_model: str = opt(TINY_MODEL, "open_clip architecture of the frozen text tower (Table A.1: ViT-B-32).")
-    clip_pretrained: str = opt("", "Local CLIP weights: a checkpoint file, a folder (save_clip / open_clip hub "
-                               "export) or an open_clip tag in the local cache (e.g. openai); empty: random "
-                               "weights, saved to <run dir>/clip on first use (tests only).")
-    clip_cache_dir: str = opt("", "Cache folder to look an open_clip tag up in (empty: the standard caches).")
-    skip_punctuation: bool = opt(False, "'words': leave pure-punctuation tokens out of the projector input (the "
-                                 "paper uses all word tokens).")
-    normalize: bool = opt(False, "L2-normalise the CLIP outputs before the projector.")
-    llm: str = opt("tiny-gpt2", "The frozen LM: a local Hugging Face directory (Table A.1: GPT-2 124M), or "
-                   "'tiny-gpt2' (random; pre-train it with model.pretrain_steps).")
-    tokenizer: str = opt("", "LM tokenizer directory; empty: the LM's own, or for tiny-gpt2 a byte-level BPE trained "
-                         "on the training ADs.")
-    tokenizer_vocab: int = opt(2000, "Vocabulary size of the BPE tokenizer trained for tiny-gpt2.")
-    pretrain_steps: int = opt(0, "Pre-train the LM on the training ADs for this many steps before freezing it (a "
-                              "stand-in for pre-trained GPT-2 where no weights exist); the result is saved to "
-                              "<run dir>/lm and reused on resume. 0: use the LM as given.")
-    pretrain_batch_size: int = opt(32, "Blocks per pre-training step.")
-    pretrain_block_size: int = opt(128, "Tokens per pre-training block (the ADs are packed back to back); copy rows "
-                                   "hold up to (block - 2) / 2 tokens of an AD.")
-    pretrain_repeat: float = opt(0.0, "Copy rows per pre-training step, as a fraction of model.pretrain_batch_size: "
-                                 "'[shuffled AD] <BOS> [the same] <EOS>', so a tiny LM learns to copy from its "
-                                 "context as web-pretrained LMs can (see pretrain_lm). 0: plain text only.")
-    pretrain_lr: float = opt(3e-3, "Peak pre-training learning rate (AdamW, warm-up + cosine).")
-    max_ad_tokens: int = opt(64, "ADs are cut to this many LM tokens in training.")
+    projector_input: Literal["cls", "words"] = "words"
+    """
+    What the projector sees: 'cls' = the pooled [CLS] (EOT) vector, one LM token; 'words' = the per-token outputs of all
+    the AD's word tokens, one LM token each.
+    """
+    clip_model: str = TINY_MODEL
+    """open_clip architecture of the frozen text tower (Table A.1: ViT-B-32)."""
+    clip_pretrained: str = ""
+    """
+    Local CLIP weights: a checkpoint file, a folder (save_clip / open_clip hub export) or an open_clip tag in the local
+    cache (e.g. openai); empty: random weights, saved to <run dir>/clip on first use (tests only).
+    """
+    clip_cache_dir: str = ""
+    """Cache folder to look an open_clip tag up in (empty: the standard caches)."""
+    skip_punctuation: bool = False
+    """'words': leave pure-punctuation tokens out of the projector input (the paper uses all word tokens)."""
+    normalize: bool = False
+    """L2-normalise the CLIP outputs before the projector."""
+    llm: str = "tiny-gpt2"
+    """
+    The frozen LM: a local Hugging Face directory (Table A.1: GPT-2 124M), or 'tiny-gpt2' (random; pre-train it with
+    model.pretrain_steps).
+    """
+    tokenizer: str = ""
+    """LM tokenizer directory; empty: the LM's own, or for tiny-gpt2 a byte-level BPE trained on the training ADs."""
+    tokenizer_vocab: int = 2000
+    """Vocabulary size of the BPE tokenizer trained for tiny-gpt2."""
+    pretrain_steps: int = 0
+    """
+    Pre-train the LM on the training ADs for this many steps before freezing it (a stand-in for pre-trained GPT-2 where
+    no weights exist); the result is saved to <run dir>/lm and reused on resume. 0: use the LM as given.
+    """
+    pretrain_batch_size: int = 32
+    """Blocks per pre-training step."""
+    pretrain_block_size: int = 128
+    """
+    Tokens per pre-training block (the ADs are packed back to back); copy rows hold up to (block - 2) / 2 tokens of an
+    AD.
+    """
+    pretrain_repeat: float = 0.0
+    """
+    Copy rows per pre-training step, as a fraction of model.pretrain_batch_size: '[shuffled AD] <BOS> [the same] <EOS>',
+    so a tiny LM learns to copy from its context as web-pretrained LMs can (see pretrain_lm). 0: plain text only.
+    """
+    pretrain_lr: float = 3e-3
+    """Peak pre-training learning rate (AdamW, warm-up + cosine)."""
+    max_ad_tokens: int = 64
+    """ADs are cut to this many LM tokens in training."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.pretrain_repeat <= 1.0:
@@ -143,15 +172,20 @@ class ReconModelArgs:
 
 @dataclass
 class ReconEvalArgs:
-    num_beams: int = opt(1, "Beam width (1: greedy).")
-    max_new_tokens: int = opt(67, "Longest reconstruction in LM tokens.")
-    repetition_penalty: float = opt(1.0, "HF repetition penalty (1: none; an AD may repeat words).")
-    no_repeat_ngram_size: int = opt(0, "Never repeat an n-gram of this size (0: off).")
-    batch_size: int = opt(32, "ADs per generation call.")
-    metrics: list[str] = opt(["bleu", "meteor", "rouge", "cider", "spice"],
-                             "Caption metrics of the eval harness (SPICE is skipped with a notice when its Stanford "
-                             "models are absent).")
-    samples_to_log: int = opt(20, "Reconstructions shown beside the ground truth in the samples table.")
+    num_beams: int = 1
+    """Beam width (1: greedy)."""
+    max_new_tokens: int = 67
+    """Longest reconstruction in LM tokens."""
+    repetition_penalty: float = 1.0
+    """HF repetition penalty (1: none; an AD may repeat words)."""
+    no_repeat_ngram_size: int = 0
+    """Never repeat an n-gram of this size (0: off)."""
+    batch_size: int = 32
+    """ADs per generation call."""
+    metrics: list[str] = field(default_factory=lambda: ["bleu", "meteor", "rouge", "cider", "spice"])
+    """Caption metrics of the eval harness (SPICE is skipped with a notice when its Stanford models are absent)."""
+    samples_to_log: int = 20
+    """Reconstructions shown beside the ground truth in the samples table."""
 
     def __post_init__(self) -> None:
         if self.num_beams < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
@@ -160,15 +194,22 @@ class ReconEvalArgs:
 
 @dataclass
 class ReconJob:
-    run: RunArgs = section(RunArgs, "Run identity, output directory, seed, resume.")
-    train: TrainArgs = section(TrainArgs, "Optimisation, logging and checkpoint cadence.")
-    deepspeed: DeepSpeedArgs = section(DeepSpeedArgs, "DeepSpeed JSON, ZeRO stage, precision.")
-    tracking: TrackingArgs = section(TrackingArgs, "MLflow tracking.")
-    epochs: int = opt(10, "Passes over the training ADs (Table A.1: 10); sets train.max_steps. 0: train for "
-                      "train.max_steps as given.")
-    data: ReconDataArgs = section(ReconDataArgs, "Training and eval ADs.")
-    model: ReconModelArgs = section(ReconModelArgs, "Frozen CLIP text tower, projector input, frozen LM.")
-    eval: ReconEvalArgs = section(ReconEvalArgs, "Reconstruction decoding and scoring.")
+    run: RunArgs = field(default_factory=RunArgs)
+    """Run identity, output directory, seed, resume."""
+    train: TrainArgs = field(default_factory=TrainArgs)
+    """Optimisation, logging and checkpoint cadence."""
+    deepspeed: DeepSpeedArgs = field(default_factory=DeepSpeedArgs)
+    """DeepSpeed JSON, ZeRO stage, precision."""
+    tracking: TrackingArgs = field(default_factory=TrackingArgs)
+    """MLflow tracking."""
+    epochs: int = 10
+    """Passes over the training ADs (Table A.1: 10); sets train.max_steps. 0: train for train.max_steps as given."""
+    data: ReconDataArgs = field(default_factory=ReconDataArgs)
+    """Training and eval ADs."""
+    model: ReconModelArgs = field(default_factory=ReconModelArgs)
+    """Frozen CLIP text tower, projector input, frozen LM."""
+    eval: ReconEvalArgs = field(default_factory=ReconEvalArgs)
+    """Reconstruction decoding and scoring."""
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -391,7 +432,7 @@ def pretrain_lm(texts: Sequence[str], tokenizer, model: nn.Module, *, steps: int
     """
     from tqdm import tqdm
 
-    from distinctad.train.engine import warmup_cosine
+    from distinctad.train.core.engine import warmup_cosine
 
     bos, eos, pad = special_ids(tokenizer)
     g = torch.Generator().manual_seed(seed)
@@ -631,7 +672,7 @@ def load_projector(path: str | Path, model: ReconModel | None = None) -> tuple[R
     """
     import safetensors.torch
 
-    from distinctad.train.config import from_dict
+    from distinctad.train.core.config import from_dict
     from distinctad.train.models.llm import load_tokenizer
 
     path = Path(path)
@@ -780,7 +821,7 @@ def score(preds: list[dict[str, Any]], refs: Sequence[AD], cfg: ReconJob, out_pr
 
 
 class ReconTask:
-    """The reconstruction experiment as a :class:`distinctad.train.loop.Task`."""
+    """The reconstruction experiment as a :class:`distinctad.train.core.loop.Task`."""
 
     def __init__(self, cfg: ReconJob, tokenizer, data: ReconData, models: str = ""):
         self.cfg = cfg
@@ -837,8 +878,8 @@ class ReconTask:
 
 def run(cfg: ReconJob) -> dict[str, Any]:
     """Resolve data and frozen models, set the step budget from ``epochs``, train and evaluate (collective)."""
-    from distinctad.train.engine import build_ds_config
-    from distinctad.train.loop import fit
+    from distinctad.train.core.engine import build_ds_config
+    from distinctad.train.core.loop import fit
     from distinctad.train.models.llm import load_tokenizer
 
     if build_ds_config(cfg.deepspeed, cfg.train)["zero_optimization"]["stage"] == 3:
@@ -879,7 +920,7 @@ def collect_rows(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m distinctad.train.recon",
+    p = argparse.ArgumentParser(prog="python -m distinctad.train.recon.task",
                                 description="Put the Table A.1 rows of finished recon runs into one Markdown table "
                                             "beside the paper's numbers (train with launch/recon.sh).")
     p.add_argument("--runs", nargs="+", required=True, help="Run directories of recon jobs (e.g. a cls and a "

@@ -9,7 +9,7 @@ Faults it survives: a non-finite loss skips the step (all ranks agree) and ``tra
 stop the job with :class:`NonFiniteLossError`, the last good checkpoint untouched; corrupt samples are skipped by
 the reader and counted (``data/skipped_samples`` in the metrics, ``skipped_samples`` in ``summary.json``, for tasks
 with a ``skipped_samples()`` method); a tracking server that goes away costs a warning (see ``tracking.py``); a
-failed checkpoint write raises :class:`~distinctad.train.checkpoint.CheckpointError` with ``latest`` unchanged.
+failed checkpoint write raises :class:`~distinctad.train.core.checkpoint.CheckpointError` with ``latest`` unchanged.
 
 Debug option: ``DISTINCTAD_DEBUG_SAMPLES=1`` appends, for tasks with a ``sample_ids(batch)`` method, one line per
 micro-batch to ``<run dir>/samples/rank{r}.jsonl``: ``{"launch": first step of this launch, "epoch", "micro"
@@ -27,7 +27,7 @@ default the last rank):
 - ``DISTINCTAD_FAULT_PAUSE_AT_STEP=n``: rank 0 writes ``<run dir>/paused`` after step ``n`` and waits (at most
   ``DISTINCTAD_FAULT_PAUSE_S`` seconds, default 120) until the file is removed, so a test can break something
   (stop the MLflow server) at a known point of the run.
-- ``DISTINCTAD_FAULT_ENOSPC_AT_STEP=n``: see :mod:`distinctad.train.checkpoint`.
+- ``DISTINCTAD_FAULT_ENOSPC_AT_STEP=n``: see :mod:`distinctad.train.core.checkpoint`.
 """
 
 from __future__ import annotations
@@ -45,13 +45,13 @@ from typing import Any, Protocol
 
 import torch
 
-from distinctad.data.atomic import atomic_write_json
-from distinctad.train import checkpoint
-from distinctad.train import distributed as D
-from distinctad.train.config import config_hash, flatten, save_config, to_dict
-from distinctad.train.engine import build_engine
-from distinctad.train.params import DeepSpeedArgs, RunArgs, TrackingArgs, TrainArgs
-from distinctad.train.tracking import Tracker
+from distinctad.common import atomic_write_json
+from distinctad.train.core import checkpoint
+from distinctad.train.core import distributed as D
+from distinctad.train.core.config import config_hash, flatten, save_config, to_dict
+from distinctad.train.core.engine import build_engine
+from distinctad.train.core.params import DeepSpeedArgs, RunArgs, TrackingArgs, TrainArgs
+from distinctad.train.core.tracking import Tracker
 
 logger = logging.getLogger(__name__)
 

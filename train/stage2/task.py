@@ -19,51 +19,77 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from distinctad.data.atomic import atomic_write_text
+from distinctad.common import atomic_write_text
 from distinctad.data.synth_default import ensure_synthmad
 from distinctad.data.wds_pipeline import get_wds_loader
-from distinctad.train import distributed as D
+from distinctad.train.core import distributed as D
+from distinctad.train.core.params import DeepSpeedArgs, RunArgs, TrackingArgs, TrainArgs
+from distinctad.train.core.tracking import Tracker
 from distinctad.train.models.captioner import CaptionerConfig, DistinctADCaptioner, prepare_batch
-from distinctad.train.params import DeepSpeedArgs, RunArgs, TrackingArgs, TrainArgs, opt, section
-from distinctad.train.tracking import Tracker
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class Stage2DataArgs:
-    train_shards: str = opt("", "Window feature shards to train on (folder, glob or brace pattern); empty: the "
-                            "embedded SynthMAD default, generated and sharded under data.synth_dir on first use.")
-    eval_shards: str = opt("", "Window feature shards to evaluate on; empty: SynthMAD's eval split.")
-    synth_dir: str = opt("work/synthmad", "Where the SynthMAD default lives (reused when present).")
-    synth_movies: int = opt(4, "SynthMAD movies (the last one is the eval split).")
-    synth_ads_per_movie: int = opt(48, "SynthMAD ADs per movie.")
-    synth_seed: int = opt(0, "SynthMAD seed.")
-    num_workers: int = opt(0, "DataLoader workers per rank.")
-    resampled: bool = opt(False, "Draw training shards with replacement (webdataset ResampledShards).")
+    train_shards: str = ""
+    """
+    Window feature shards to train on (folder, glob or brace pattern); empty: the embedded SynthMAD default, generated
+    and sharded under data.synth_dir on first use.
+    """
+    eval_shards: str = ""
+    """Window feature shards to evaluate on; empty: SynthMAD's eval split."""
+    synth_dir: str = "work/synthmad"
+    """Where the SynthMAD default lives (reused when present)."""
+    synth_movies: int = 4
+    """SynthMAD movies (the last one is the eval split)."""
+    synth_ads_per_movie: int = 48
+    """SynthMAD ADs per movie."""
+    synth_seed: int = 0
+    """SynthMAD seed."""
+    num_workers: int = 0
+    """DataLoader workers per rank."""
+    resampled: bool = False
+    """Draw training shards with replacement (webdataset ResampledShards)."""
 
 
 @dataclass
 class GenerationArgs:
-    num_beams: int = opt(5, "Beam width.")
-    repetition_penalty: float = opt(1.2, "HF repetition penalty.")
-    no_repeat_ngram_size: int = opt(3, "Never repeat an n-gram of this size.")
-    max_new_tokens: int = opt(67, "Longest AD in tokens.")
-    batch_size: int = opt(2, "Windows per generation call.")
+    num_beams: int = 5
+    """Beam width."""
+    repetition_penalty: float = 1.2
+    """HF repetition penalty."""
+    no_repeat_ngram_size: int = 3
+    """Never repeat an n-gram of this size."""
+    max_new_tokens: int = 67
+    """Longest AD in tokens."""
+    batch_size: int = 2
+    """Windows per generation call."""
 
 
 @dataclass
 class Stage2EvalArgs:
-    enabled: bool = opt(True, "Generate and score the eval split (every eval_every steps and at the end); off: "
-                        "train only, and score later with distinctad-generate + distinctad-eval.")
-    generation: GenerationArgs = section(GenerationArgs, "Decoding.")
-    metrics: list[str] = opt(["bleu", "meteor", "rouge", "cider"], "Captioning metrics (pycocoevalcap).")
-    recall_k: int = opt(5, "k of Recall@k/N.")
-    recall_n: int = opt(16, "N of Recall@k/N.")
-    backend: str = opt("lexical", "Recall@k/N similarity: lexical, embedding or bertscore.")
-    backend_model: str = opt("", "Model directory of the embedding / bertscore backend.")
-    max_windows: int = opt(0, "Evaluate on at most this many windows per rank (0: all).")
-    samples_to_log: int = opt(16, "Generated ADs shown beside the ground truth in the samples table artifact.")
+    enabled: bool = True
+    """
+    Generate and score the eval split (every eval_every steps and at the end); off: train only, and score later with
+    distinctad-generate + distinctad-eval.
+    """
+    generation: GenerationArgs = field(default_factory=GenerationArgs)
+    """Decoding."""
+    metrics: list[str] = field(default_factory=lambda: ["bleu", "meteor", "rouge", "cider"])
+    """Captioning metrics (pycocoevalcap)."""
+    recall_k: int = 5
+    """k of Recall@k/N."""
+    recall_n: int = 16
+    """N of Recall@k/N."""
+    backend: str = "lexical"
+    """Recall@k/N similarity: lexical, embedding or bertscore."""
+    backend_model: str = ""
+    """Model directory of the embedding / bertscore backend."""
+    max_windows: int = 0
+    """Evaluate on at most this many windows per rank (0: all)."""
+    samples_to_log: int = 16
+    """Generated ADs shown beside the ground truth in the samples table artifact."""
 
 
 def _default_model() -> CaptionerConfig:
@@ -73,13 +99,19 @@ def _default_model() -> CaptionerConfig:
 
 @dataclass
 class Stage2Job:
-    run: RunArgs = section(RunArgs, "Run identity, output directory, seed, resume.")
-    train: TrainArgs = section(TrainArgs, "Optimisation, logging and checkpoint cadence.")
-    deepspeed: DeepSpeedArgs = section(DeepSpeedArgs, "DeepSpeed JSON, ZeRO stage, precision.")
-    tracking: TrackingArgs = section(TrackingArgs, "MLflow tracking.")
-    data: Stage2DataArgs = section(Stage2DataArgs, "Window shards (or the SynthMAD default).")
+    run: RunArgs = field(default_factory=RunArgs)
+    """Run identity, output directory, seed, resume."""
+    train: TrainArgs = field(default_factory=TrainArgs)
+    """Optimisation, logging and checkpoint cadence."""
+    deepspeed: DeepSpeedArgs = field(default_factory=DeepSpeedArgs)
+    """DeepSpeed JSON, ZeRO stage, precision."""
+    tracking: TrackingArgs = field(default_factory=TrackingArgs)
+    """MLflow tracking."""
+    data: Stage2DataArgs = field(default_factory=Stage2DataArgs)
+    """Window shards (or the SynthMAD default)."""
     model: CaptionerConfig = field(default_factory=_default_model, metadata={"help": "The captioner (DESIGN §5)."})
-    eval: Stage2EvalArgs = section(Stage2EvalArgs, "Evaluation through the eval harness.")
+    eval: Stage2EvalArgs = field(default_factory=Stage2EvalArgs)
+    """Evaluation through the eval harness."""
 
 
 def resolve_data(cfg: Stage2Job) -> None:
@@ -127,7 +159,7 @@ def resolve_tokenizer(cfg: Stage2Job) -> None:
 
 
 class Stage2Task:
-    """The captioner as a :class:`distinctad.train.loop.Task`."""
+    """The captioner as a :class:`distinctad.train.core.loop.Task`."""
 
     def __init__(self, cfg: Stage2Job, tokenizer):
         self.cfg = cfg
@@ -249,7 +281,7 @@ def score(preds: list[dict[str, Any]], cfg: Stage2Job, out_prefix: Path, tracker
 
 
 def run(cfg: Stage2Job) -> dict[str, Any]:
-    from distinctad.train.loop import fit
+    from distinctad.train.core.loop import fit
     from distinctad.train.models.llm import load_tokenizer
 
     resolve_data(cfg)

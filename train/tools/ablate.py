@@ -1,7 +1,7 @@
 """``distinctad-ablate``: the Table D.2 grid (A0, B1–B3, C0–C3) on the same data, seed(s) and step budget.
 
     distinctad-ablate [CONFIG.yaml] [--rows A0,C3] [--seeds 0,1,2] [--out runs/ablation] [--section.key VALUE ...]
-    deepspeed --num_gpus 2 -m distinctad.train.ablation ...        (every row trains on all ranks)
+    deepspeed --num_gpus 2 -m distinctad.train.tools.ablate ...        (every row trains on all ranks)
 
 Each row is a full Stage-II job (train, generate, evaluate) with only the switches of that row changed; its MLflow
 run is a child of one parent run that also holds the resulting table (Markdown) and the mean metrics per row.
@@ -66,15 +66,14 @@ def run_ablation(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the grid; returns ``{row: [eval metrics per seed]}``."""
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from distinctad.data.atomic import atomic_write_json, atomic_write_text
-    from distinctad.data.logs import init_logger
-    from distinctad.train import distributed as D
-    from distinctad.train.config import ConfigError, load_config
-    from distinctad.train.engine import resolve_path
+    from distinctad.common import atomic_write_json, atomic_write_text, init_logger
+    from distinctad.train.core import distributed as D
+    from distinctad.train.core.config import ConfigError, load_config
+    from distinctad.train.core.engine import resolve_path
+    from distinctad.train.core.tracking import ParentRun
     from distinctad.train.main import _strip_launcher_args
     from distinctad.train.models.captioner import ABLATIONS
-    from distinctad.train.stage2 import Stage2Job, run
-    from distinctad.train.tracking import ParentRun
+    from distinctad.train.stage2.task import Stage2Job, run
 
     overrides = _strip_launcher_args(overrides)
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]

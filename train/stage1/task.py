@@ -1,12 +1,12 @@
 """The Stage-I job: CLIP-AD adaptation of the CLIP vision tower on (clip frames, AD) pairs (DESIGN §4).
 
 ``deepspeed launch/stage1.sh [CONFIG.yaml] [--section.key VALUE ...]`` runs :class:`Stage1Task` through the shared
-loop (:func:`distinctad.train.loop.fit`): DeepSpeed ZeRO-1/2, checkpoint/resume, MLflow. What this module adds:
+loop (:func:`distinctad.train.core.loop.fit`): DeepSpeed ZeRO-1/2, checkpoint/resume, MLflow. What this module adds:
 
 - **Data**: ``frames`` shards streamed by :func:`distinctad.data.wds_pipeline.get_wds_loader`, each frame through
   open_clip's train transform (RandomResizedCrop) or, with augmentation off and for evaluation, its eval transform.
   With no shards configured the embedded SynthMAD default is generated and sharded under ``data.synth_dir``.
-- **Loss**: :class:`~distinctad.train.stage1_losses.Stage1Loss` (global video–AD InfoNCE + frame–word MIL-NCE,
+- **Loss**: :class:`~distinctad.train.stage1.losses.Stage1Loss` (global video–AD InfoNCE + frame–word MIL-NCE,
   negatives gathered across ranks); both terms are logged separately.
 - **Evaluation** (every ``train.eval_every`` steps and at the end): video→text and text→video R@1/5/10 over the
   whole held-out split (embeddings gathered from every rank, padding rows dropped); the same for the vanilla model
@@ -24,19 +24,19 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from distinctad.data.atomic import atomic_write_json
+from distinctad.common import atomic_write_json
 from distinctad.data.wds_pipeline import DataInfo, expand_shards, get_wds_loader
-from distinctad.train import distributed as D
-from distinctad.train.config import ConfigError
-from distinctad.train.fig_b2 import similarity_figure
-from distinctad.train.loop import engine_dtype
+from distinctad.train.core import distributed as D
+from distinctad.train.core.config import ConfigError
+from distinctad.train.core.loop import engine_dtype
+from distinctad.train.core.params import DeepSpeedArgs, RunArgs, TrackingArgs, TrainArgs
 from distinctad.train.models.clip_ad import (
     CLIPAD,
     DEFAULT_MODEL,
@@ -47,9 +47,9 @@ from distinctad.train.models.clip_ad import (
     pool_video,
     save_clip,
 )
-from distinctad.train.params import DeepSpeedArgs, RunArgs, TrackingArgs, TrainArgs, opt, section
-from distinctad.train.retrieval import retrieval_metrics
-from distinctad.train.stage1_losses import Stage1Loss, Stage1LossConfig
+from distinctad.train.stage1.fig_b2 import similarity_figure
+from distinctad.train.stage1.losses import Stage1Loss, Stage1LossConfig
+from distinctad.train.stage1.retrieval import retrieval_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -63,17 +63,27 @@ EXPORT_DIR = "clip_ad"
 
 @dataclass
 class Stage1ModelArgs:
-    name: str = opt(DEFAULT_MODEL, f"open_clip architecture: ViT-B-32, ViT-B-16, or {TINY_MODEL} (tests, SynthMAD).")
-    pretrained: str = opt("", "Local CLIP weights: checkpoint file, folder (e.g. a previous run's clip_ad/), or an "
-                          "open_clip tag already in the local cache; empty: random init (tests only). Nothing is "
-                          "ever downloaded.")
-    cache_dir: str = opt("", "Hugging Face / open_clip cache folder to look tags up in; empty: the standard caches.")
-    trainable_vision_blocks: int | None = opt(None, "null: train the whole vision tower; k: only its last k blocks "
-                                              "(+ ln_post and proj). The text tower is always frozen.")
-    grad_checkpointing: bool = opt(False, "Activation checkpointing in the vision transformer (memory for speed).")
-    image_size: int = opt(0, "Override the vision input size (position embeddings resized); 0: the model's own.")
-    skip_punctuation: bool = opt(True, "Leave pure-punctuation BPE tokens out of the MIL words.")
-    export: bool = opt(True, "At the end, save the adapted model to <run dir>/clip_ad (what extraction loads).")
+    name: str = DEFAULT_MODEL
+    """open_clip architecture: ViT-B-32, ViT-B-16, or distinctad-tiny (tests, SynthMAD)."""
+    pretrained: str = ""
+    """
+    Local CLIP weights: checkpoint file, folder (e.g. a previous run's clip_ad/), or an open_clip tag already in the
+    local cache; empty: random init (tests only). Nothing is ever downloaded.
+    """
+    cache_dir: str = ""
+    """Hugging Face / open_clip cache folder to look tags up in; empty: the standard caches."""
+    trainable_vision_blocks: int | None = None
+    """
+    null: train the whole vision tower; k: only its last k blocks (+ ln_post and proj). The text tower is always frozen.
+    """
+    grad_checkpointing: bool = False
+    """Activation checkpointing in the vision transformer (memory for speed)."""
+    image_size: int = 0
+    """Override the vision input size (position embeddings resized); 0: the model's own."""
+    skip_punctuation: bool = True
+    """Leave pure-punctuation BPE tokens out of the MIL words."""
+    export: bool = True
+    """At the end, save the adapted model to <run dir>/clip_ad (what extraction loads)."""
 
     def __post_init__(self) -> None:
         if self.trainable_vision_blocks is not None and self.trainable_vision_blocks < 0:
@@ -84,16 +94,27 @@ class Stage1ModelArgs:
 
 @dataclass
 class Stage1DataArgs:
-    train_shards: str = opt("", "Training frames shards: a folder, a brace pattern or a list; empty: SynthMAD.")
-    eval_shards: str = opt("", "Held-out frames shards for retrieval and Fig. B.2; empty: SynthMAD's eval split "
-                           "(only when train_shards is empty too).")
-    synth_dir: str = opt("work/synthmad", "Where the SynthMAD default is generated and sharded (reused if there).")
-    synth_movies: int = opt(4, "SynthMAD: number of movies (the last one is the eval split).")
-    synth_ads_per_movie: int = opt(48, "SynthMAD: ADs per movie.")
-    num_workers: int = opt(2, "DataLoader workers per rank (JPEG decoding and CLIP preprocessing).")
-    augment: bool = opt(True, "Train with open_clip's RandomResizedCrop (drawn per frame); off: the eval transform.")
-    aug_scale: list[float] = opt([0.9, 1.0], "RandomResizedCrop area range (open_clip's default).")
-    eval_batch_size: int = opt(0, "Clips per rank per eval forward; 0: train.micro_batch_size.")
+    train_shards: str = ""
+    """Training frames shards: a folder, a brace pattern or a list; empty: SynthMAD."""
+    eval_shards: str = ""
+    """
+    Held-out frames shards for retrieval and Fig. B.2; empty: SynthMAD's eval split (only when train_shards is empty
+    too).
+    """
+    synth_dir: str = "work/synthmad"
+    """Where the SynthMAD default is generated and sharded (reused if there)."""
+    synth_movies: int = 4
+    """SynthMAD: number of movies (the last one is the eval split)."""
+    synth_ads_per_movie: int = 48
+    """SynthMAD: ADs per movie."""
+    num_workers: int = 2
+    """DataLoader workers per rank (JPEG decoding and CLIP preprocessing)."""
+    augment: bool = True
+    """Train with open_clip's RandomResizedCrop (drawn per frame); off: the eval transform."""
+    aug_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])
+    """RandomResizedCrop area range (open_clip's default)."""
+    eval_batch_size: int = 0
+    """Clips per rank per eval forward; 0: train.micro_batch_size."""
 
     def __post_init__(self) -> None:
         if self.num_workers < 0:
@@ -106,15 +127,21 @@ class Stage1DataArgs:
 
 @dataclass
 class Stage1EvalArgs:
-    vanilla_baseline: bool = opt(True, "Also report retrieval of the model as built (vanilla CLIP), once, as "
-                                 "val/vanilla_*.")
-    train_shards: int = opt(0, "Also report retrieval on the first this many training shards (eval transform) as "
-                            "val/train_*: how well the training clips are fit. 0: off; -1: all of them.")
-    figure: bool = opt(True, "Draw the Fig. B.2 similarity matrices (vanilla CLIP, CLIP-AD, AD text) of one eval "
-                       "movie.")
-    figure_movie: str = opt("", "Movie of the figure; empty: the first movie of the eval shards.")
-    figure_clips: int = opt(32, "Consecutive clips (from the movie's first AD) in the figure.")
-    figure_band: int = opt(3, "Band half-width w of the figure's band means (pairs with 1 <= |i-j| <= w).")
+    vanilla_baseline: bool = True
+    """Also report retrieval of the model as built (vanilla CLIP), once, as val/vanilla_*."""
+    train_shards: int = 0
+    """
+    Also report retrieval on the first this many training shards (eval transform) as val/train_*: how well the training
+    clips are fit. 0: off; -1: all of them.
+    """
+    figure: bool = True
+    """Draw the Fig. B.2 similarity matrices (vanilla CLIP, CLIP-AD, AD text) of one eval movie."""
+    figure_movie: str = ""
+    """Movie of the figure; empty: the first movie of the eval shards."""
+    figure_clips: int = 32
+    """Consecutive clips (from the movie's first AD) in the figure."""
+    figure_band: int = 3
+    """Band half-width w of the figure's band means (pairs with 1 <= |i-j| <= w)."""
 
     def __post_init__(self) -> None:
         if self.train_shards < -1:
@@ -125,14 +152,22 @@ class Stage1EvalArgs:
 
 @dataclass
 class Stage1Job:
-    run: RunArgs = section(RunArgs, "Run identity, output directory, seed, resume.")
-    train: TrainArgs = section(TrainArgs, "Optimisation, logging and checkpoint cadence.")
-    deepspeed: DeepSpeedArgs = section(DeepSpeedArgs, "DeepSpeed JSON, ZeRO stage, precision.")
-    tracking: TrackingArgs = section(TrackingArgs, "MLflow tracking.")
-    model: Stage1ModelArgs = section(Stage1ModelArgs, "The CLIP-AD model: architecture, weights, what trains.")
-    loss: Stage1LossConfig = section(Stage1LossConfig, "Global InfoNCE + frame-word MIL-NCE.")
-    data: Stage1DataArgs = section(Stage1DataArgs, "Frames shards and preprocessing.")
-    eval: Stage1EvalArgs = section(Stage1EvalArgs, "Retrieval metrics and the Fig. B.2 analysis.")
+    run: RunArgs = field(default_factory=RunArgs)
+    """Run identity, output directory, seed, resume."""
+    train: TrainArgs = field(default_factory=TrainArgs)
+    """Optimisation, logging and checkpoint cadence."""
+    deepspeed: DeepSpeedArgs = field(default_factory=DeepSpeedArgs)
+    """DeepSpeed JSON, ZeRO stage, precision."""
+    tracking: TrackingArgs = field(default_factory=TrackingArgs)
+    """MLflow tracking."""
+    model: Stage1ModelArgs = field(default_factory=Stage1ModelArgs)
+    """The CLIP-AD model: architecture, weights, what trains."""
+    loss: Stage1LossConfig = field(default_factory=Stage1LossConfig)
+    """Global InfoNCE + frame-word MIL-NCE."""
+    data: Stage1DataArgs = field(default_factory=Stage1DataArgs)
+    """Frames shards and preprocessing."""
+    eval: Stage1EvalArgs = field(default_factory=Stage1EvalArgs)
+    """Retrieval metrics and the Fig. B.2 analysis."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -205,7 +240,7 @@ def logit_scale_1d(model: CLIPAD) -> None:
 
 
 class Stage1Task:
-    """The Stage-I :class:`~distinctad.train.loop.Task`: frames shards in, CLIP-AD trained, retrieval out."""
+    """The Stage-I :class:`~distinctad.train.core.loop.Task`: frames shards in, CLIP-AD trained, retrieval out."""
 
     def __init__(self, cfg: Stage1Job):
         self.cfg = cfg
@@ -414,8 +449,8 @@ class Stage1Task:
 
 def run(cfg: Stage1Job) -> dict:
     """Train Stage-I as ``cfg`` says (collective); returns the loop's summary."""
-    from distinctad.train.engine import build_ds_config
-    from distinctad.train.loop import fit
+    from distinctad.train.core.engine import build_ds_config
+    from distinctad.train.core.loop import fit
 
     if cfg.train.micro_batch_size < 2 and D.get_world_size() < 2:
         raise ConfigError("train.micro_batch_size must be >= 2 on one rank: the contrastive loss needs negatives")

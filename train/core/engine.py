@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from distinctad.train.config import ConfigError
-from distinctad.train.params import DeepSpeedArgs, TrainArgs
+from distinctad.train.core.config import ConfigError
+from distinctad.train.core.params import DeepSpeedArgs, TrainArgs
 
 logger = logging.getLogger(__name__)
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def resolve_path(path: str) -> Path:

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from distinctad.data.atomic import atomic_path  # noqa: E402
+from distinctad.common import atomic_path  # noqa: E402
 from distinctad.train.models.clip_ad import CLIPAD, pool_video  # noqa: E402
 
 

@@ -7,17 +7,21 @@ checked against its type annotation; an unknown key, a value of the wrong type o
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
 import hashlib
+import inspect
 import json
 import os
+import textwrap
 import types
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from distinctad.data.atomic import atomic_write_text
+from distinctad.common import atomic_write_text
 
 T = TypeVar("T")
 
@@ -213,8 +217,69 @@ def config_hash(cfg: Any) -> str:
     return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:12]
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Field documentation: the string literal below each field (torchtitan / litgpt convention)
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """``{field name: its docstring}`` for dataclass ``cls`` and its bases, read from the source with ``ast``.
+
+    A field is documented by a string literal on the line after it::
+
+        lr: float = 1e-4
+        \"\"\"Peak learning rate after warm-up.\"\"\"
+
+    Fields without one map to ``""`` (a test asserts that every job's keys have help).
+    """
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):  # no source (frozen app): help without texts, never a crash
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, after in zip(body, [*body[1:], None], strict=True):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                doc = ""
+                if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+                    doc = " ".join(str(after.value.value).split())
+                docs[node.target.id] = doc
+    return docs
+
+
+def describe(cfg: Any, prefix: str = "", section_help: str = "") -> list[str]:
+    """``--help`` lines: a title per section, then ``  --section.key (type, default D): help`` per field.
+
+    ``cfg`` is a job config instance (or class): defaults are read from the instance, so a section whose factory
+    sets job-specific values (Stage-II's tiny captioner) shows those, not the section class's own defaults.
+    """
+    if isinstance(cfg, type):
+        cfg = cfg()
+    cls = type(cfg)
+    hints = get_type_hints(cls)
+    docs = field_docs(cls)
+    lines: list[str] = []
+    if prefix:
+        lines.append(f"{prefix.rstrip('.')}: {section_help}".rstrip(": "))
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            lines.extend(describe(value, prefix=f"{prefix}{f.name}.", section_help=docs.get(f.name, "")))
+            continue
+        name = _type_name(hints[f.name]).replace("NoneType", "None")
+        lines.append(f"  --{prefix}{f.name} ({name}, default {value!r}): {docs.get(f.name, '')}")
+    return lines
+
+
 __all__ = [
     "ConfigError",
+    "describe",
+    "field_docs",
     "config_hash",
     "dump_yaml",
     "flatten",

@@ -7,31 +7,40 @@ and uninterrupted runs see the same batches.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from distinctad.train import distributed as D
-from distinctad.train.loop import engine_dtype
-from distinctad.train.params import DeepSpeedArgs, RunArgs, TrackingArgs, TrainArgs, opt, section
+from distinctad.train.core import distributed as D
+from distinctad.train.core.loop import engine_dtype
+from distinctad.train.core.params import DeepSpeedArgs, RunArgs, TrackingArgs, TrainArgs
 
 
 @dataclass
 class TrivialModelArgs:
-    in_dim: int = opt(16, "Input features.")
-    hidden: int = opt(64, "Hidden width of the MLP.")
-    n_samples: int = opt(512, "Size of the fixed synthetic regression set.")
-    noise: float = opt(0.01, "Label noise of the synthetic set.")
+    in_dim: int = 16
+    """Input features."""
+    hidden: int = 64
+    """Hidden width of the MLP."""
+    n_samples: int = 512
+    """Size of the fixed synthetic regression set."""
+    noise: float = 0.01
+    """Label noise of the synthetic set."""
 
 
 @dataclass
 class TrivialJob:
-    run: RunArgs = section(RunArgs, "Run identity, output directory, seed, resume.")
-    train: TrainArgs = section(TrainArgs, "Optimisation, logging and checkpoint cadence.")
-    deepspeed: DeepSpeedArgs = section(DeepSpeedArgs, "DeepSpeed JSON, ZeRO stage, precision.")
-    tracking: TrackingArgs = section(TrackingArgs, "MLflow tracking.")
-    model: TrivialModelArgs = section(TrivialModelArgs, "The trivial MLP and its data.")
+    run: RunArgs = field(default_factory=RunArgs)
+    """Run identity, output directory, seed, resume."""
+    train: TrainArgs = field(default_factory=TrainArgs)
+    """Optimisation, logging and checkpoint cadence."""
+    deepspeed: DeepSpeedArgs = field(default_factory=DeepSpeedArgs)
+    """DeepSpeed JSON, ZeRO stage, precision."""
+    tracking: TrackingArgs = field(default_factory=TrackingArgs)
+    """MLflow tracking."""
+    model: TrivialModelArgs = field(default_factory=TrivialModelArgs)
+    """The trivial MLP and its data."""
 
 
 class MLP(nn.Module):

@@ -12,7 +12,7 @@ Examples::
     # adapted CLIP-AD of a Stage-I run (its <run dir>/clip_ad), one process
     distinctad-extract --frames work/synthmad/shards/frames-eval --pretrained runs/stage1-tiny --out work/feats/eval
     # vanilla ViT-B/32 from a local checkpoint, 8 GPUs (torchrun --nproc_per_node 8 -m ... works the same)
-    deepspeed --num_gpus 8 --module distinctad.train.extract --frames shards/frames-train --model ViT-B-32 \\
+    deepspeed --num_gpus 8 --module distinctad.train.tools.extract --frames shards/frames-train --model ViT-B-32 \\
         --pretrained /models/vit_b32/open_clip_pytorch_model.bin --out feats/train
 
 Distributed: under a launcher (deepspeed, torchrun) each rank takes whole movies (balanced by AD count), reads only
@@ -38,9 +38,8 @@ import torch
 import webdataset as wds
 from tqdm import tqdm
 
+from distinctad.common import atomic_path, atomic_write_json, init_logger
 from distinctad.data.annotations import AD
-from distinctad.data.atomic import atomic_path, atomic_write_json
-from distinctad.data.logs import init_logger
 from distinctad.data.shards import (
     BUILDER_VERSION,
     BuildOptions,
@@ -53,10 +52,10 @@ from distinctad.data.shards import (
     window_units,
 )
 from distinctad.data.wds_pipeline import expand_shards, get_wds_loader
-from distinctad.train import distributed as D
+from distinctad.train.core import distributed as D
 from distinctad.train.models.clip_ad import DEFAULT_MODEL, WeightsNotFoundError, clip_transforms, create_clip
 
-logger = logging.getLogger("distinctad.train.extract")  # the same name when run as __main__
+logger = logging.getLogger("distinctad.train.tools.extract")  # the same name when run as __main__
 
 PARTS_DIR = ".parts"
 """Per-shard records written by the rank that made the shard; rank 0 merges them into manifest.json."""

@@ -1,7 +1,7 @@
 """``distinctad-generate``: ADs for every clip of window shards from a Stage-II checkpoint, as predictions JSONL.
 
     distinctad-generate --ckpt runs/stage2-synthmad --shards work/synthmad/shards/window-eval --out preds.jsonl
-    deepspeed --num_gpus 8 -m distinctad.train.generate --ckpt ... --shards ... --out ...   (sharded over ranks)
+    deepspeed --num_gpus 8 -m distinctad.train.tools.generate --ckpt ... --shards ... --out ...   (sharded over ranks)
 
 The checkpoint's own ``config.yaml`` rebuilds the model; weights load through DeepSpeed (any ZeRO stage). Each
 rank generates for its share of the windows; rank 0 merges and writes the JSONL the eval harness reads.
@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def find_checkpoint(path: str) -> tuple[Path, str]:
     """(checkpoint root, tag) from a run directory, a checkpoints folder or a tag folder."""
-    from distinctad.train.checkpoint import latest_tag
+    from distinctad.train.core.checkpoint import latest_tag
 
     p = Path(path)
     for root in (p / "checkpoints", p):
@@ -53,15 +53,14 @@ def find_checkpoint(path: str) -> tuple[Path, str]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from distinctad.data.atomic import atomic_write_text
-    from distinctad.data.logs import init_logger
-    from distinctad.train import checkpoint
-    from distinctad.train import distributed as D
-    from distinctad.train.config import ConfigError, load_config
-    from distinctad.train.engine import build_engine
+    from distinctad.common import atomic_write_text, init_logger
+    from distinctad.train.core import checkpoint
+    from distinctad.train.core import distributed as D
+    from distinctad.train.core.config import ConfigError, load_config
+    from distinctad.train.core.engine import build_engine
     from distinctad.train.models.captioner import DistinctADCaptioner
     from distinctad.train.models.llm import load_tokenizer
-    from distinctad.train.stage2 import GenerationArgs, Stage2Job, predict
+    from distinctad.train.stage2.task import GenerationArgs, Stage2Job, predict
 
     root, tag = find_checkpoint(args.ckpt)
     try:
