@@ -20,7 +20,8 @@ import torch
 
 from distinctad.common import init_logger
 from distinctad.train.models.clip_ad import CLIPAD, TINY_MODEL, build_clip_ad
-from distinctad.train.stage1.losses import Stage1Loss, Stage1LossConfig
+from distinctad.train.stage1.config import Stage1LossConfig
+from distinctad.train.stage1.losses import Stage1Loss
 
 logger = logging.getLogger(__name__)
 

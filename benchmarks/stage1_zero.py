@@ -31,7 +31,8 @@ from distinctad.train.core.engine import build_engine  # noqa: E402
 from distinctad.train.core.loop import engine_dtype  # noqa: E402
 from distinctad.train.core.params import DeepSpeedArgs, TrainArgs  # noqa: E402
 from distinctad.train.models.clip_ad import TINY_MODEL, build_clip_ad  # noqa: E402
-from distinctad.train.stage1.losses import Stage1Loss, Stage1LossConfig  # noqa: E402
+from distinctad.train.stage1.config import Stage1LossConfig  # noqa: E402
+from distinctad.train.stage1.losses import Stage1Loss  # noqa: E402
 from distinctad.train.stage1.task import logit_scale_1d  # noqa: E402
 
 logger = logging.getLogger(__name__)

@@ -91,6 +91,24 @@ def warn_once(logger: logging.Logger, message: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Paths
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+"""The source checkout (``launch/`` and its configs live there)."""
+
+
+def resolve_path(path: str | os.PathLike) -> Path:
+    """A path as given when it exists (or is absolute), else relative to the source checkout.
+
+    So ``launch/ds_config.json`` and ``launch/configs/*.yaml`` are found from any working directory.
+    """
+    p = Path(path)
+    if p.exists() or p.is_absolute():
+        return p
+    return REPO_ROOT / p
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Rank lookup
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from distinctad.train.models.clip_ad import TINY_MODEL, build_clip_ad, pool_video
-from distinctad.train.stage1.losses import Stage1Loss, Stage1LossConfig
+from distinctad.train.stage1.config import Stage1LossConfig
+from distinctad.train.stage1.losses import Stage1Loss
 from distinctad.train.stage1.retrieval import retrieval_metrics
 
 CAPTIONS = ["Ana opens the red door.", "Bob drives a blue car.", "The old man reads a letter.",

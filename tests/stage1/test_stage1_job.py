@@ -242,7 +242,8 @@ def test_stage1_help_lists_job_keys(capsys):
 
 def test_configs_load_and_missing_weights_is_a_one_line_error(stage1_run, tmp_path):
     from distinctad.train.core.config import ConfigError, load_config
-    from distinctad.train.stage1.task import Stage1Job, Stage1Task
+    from distinctad.train.stage1.config import Stage1Job
+    from distinctad.train.stage1.task import Stage1Task
 
     big = load_config(Stage1Job, REPO / "launch/configs/stage1_vitb32.yaml")
     assert big.model.name == "ViT-B-32" and big.deepspeed.zero_stage == 2 and big.deepspeed.precision == "bf16"

@@ -11,7 +11,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from distinctad.train.stage1.losses import Stage1Loss, Stage1LossConfig, mil_nce, word_scores
+from distinctad.train.stage1.config import Stage1LossConfig
+from distinctad.train.stage1.losses import Stage1Loss, mil_nce, word_scores
 
 
 def _unit(*v):

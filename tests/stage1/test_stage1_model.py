@@ -20,7 +20,8 @@ from distinctad.train.models.clip_ad import (
     save_clip,
     text_token_outputs,
 )
-from distinctad.train.stage1.losses import Stage1Loss, Stage1LossConfig
+from distinctad.train.stage1.config import Stage1LossConfig
+from distinctad.train.stage1.losses import Stage1Loss
 
 TEXTS = ["Ana opens the red door!", "Bob, smiling, drives away", "She nods."]
 

@@ -5,8 +5,11 @@ import dataclasses
 import pytest
 import torch
 
-from distinctad.train.models.captioner import ABLATIONS, CaptionerConfig, DistinctADCaptioner, prepare_batch
+from distinctad.train.core.config import ConfigError, from_dict, load_config
+from distinctad.train.models.captioner import DistinctADCaptioner, prepare_batch
+from distinctad.train.models.captioner_config import PRESETS, CaptionerConfig
 from distinctad.train.models.distinctive_prompt import DistinctivePrompt
+from distinctad.train.stage2.config import Stage2Job
 
 TINY = dict(feature_dim=16, d_model=32, num_latents=4, perceiver_layers=1, perceiver_heads=4, num_bases=8,
             llm="tiny-gpt2", context_ads=2)
@@ -93,8 +96,26 @@ def test_ema_grad_and_learnable_scalars(tokenizer, a0):
 
 
 def test_ablation_grid():
-    assert set(ABLATIONS) == {"A0", "B1", "B2", "B3", "C0", "C1", "C2", "C3"}
-    c3 = dataclasses.replace(CaptionerConfig(), **ABLATIONS["C3"])
+    assert set(PRESETS) == {"A0", "B1", "B2", "B3", "C0", "C1", "C2", "C3"}
+    c3 = dataclasses.replace(CaptionerConfig(), **PRESETS["C3"])
     assert c3.alpha_path and c3.beta_path and c3.lambda_dist > 0
-    with pytest.raises(ValueError, match="unknown"):
-        CaptionerConfig.from_dict({"alpha_pth": True})
+    with pytest.raises(ConfigError, match="unknown config key 'alpha_pth'"):
+        from_dict(CaptionerConfig, {"alpha_pth": True})
+
+
+@pytest.mark.parametrize("row", sorted(PRESETS))
+def test_preset_sets_the_switches_of_its_row(row):
+    """``--model.preset ROW`` gives exactly the row's switches; the other keys keep their defaults."""
+    cfg = load_config(Stage2Job, None, ["--model.preset", row])
+    for key, value in PRESETS[row].items():
+        assert getattr(cfg.model, key) == value
+    assert cfg.model.d_model == Stage2Job().model.d_model
+
+
+def test_explicit_keys_win_over_the_preset(tmp_path):
+    yaml = tmp_path / "c.yaml"
+    yaml.write_text("model:\n  preset: C3\n  lambda_dist: 0.5\n")
+    cfg = load_config(Stage2Job, yaml, ["--model.alpha_path", "false"])
+    assert (cfg.model.alpha_path, cfg.model.beta_path, cfg.model.lambda_dist) == (False, True, 0.5)
+    with pytest.raises(ConfigError, match="unknown preset 'Z9'"):
+        load_config(Stage2Job, None, ["--model.preset", "Z9"])

@@ -13,7 +13,8 @@ import torch
 from distinctad.train.core import distributed as D
 from distinctad.train.core.engine import build_engine
 from distinctad.train.core.params import DeepSpeedArgs, TrainArgs
-from distinctad.train.trivial.task import MLP, TrivialModelArgs, make_data
+from distinctad.train.trivial.config import TrivialModelArgs
+from distinctad.train.trivial.task import MLP, make_data
 
 
 def main(out: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from distinctad.train.core.config import ConfigError, load_config, parse_overrides, save_config
 from distinctad.train.core.params import TrainArgs
-from distinctad.train.trivial.task import TrivialJob
+from distinctad.train.trivial.config import TrivialJob
 
 
 @dataclass
@@ -110,13 +110,12 @@ def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
 
 def test_every_shipped_config_loads_with_its_job():
     """A typo in a YAML under launch/configs is caught here, not after a cluster allocation."""
-    from distinctad.train.main import JOBS
+    from distinctad.train.jobs import JOBS
     from tests.conftest import REPO
 
     files = sorted((REPO / "launch/configs").glob("*.yaml"))
     assert len(files) >= 4
     for f in files:
         job = next(j for j in JOBS if f.stem.startswith(j))
-        cfg_cls, _ = JOBS[job]()
-        cfg = load_config(cfg_cls, f)
+        cfg = load_config(JOBS[job].config, f)
         assert cfg.run.name, f

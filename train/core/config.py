@@ -111,6 +111,12 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Build dataclass ``cls`` from a (nested) mapping, rejecting unknown keys and wrong types."""
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
+    presets = getattr(cls, "PRESETS", None)
+    if isinstance(presets, dict) and data.get("preset"):
+        # a named preset fills in its keys; keys given explicitly (YAML or CLI) win over it
+        if data["preset"] not in presets:
+            raise ConfigError(f"{prefix}preset: unknown preset {data['preset']!r} (choose from {', '.join(presets)})")
+        data = {**presets[data["preset"]], **data}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (valid keys in this section: {sorted(names)})")

@@ -9,26 +9,15 @@ from __future__ import annotations
 import json
 import logging
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from distinctad.common import resolve_path
 from distinctad.train.core.config import ConfigError
 from distinctad.train.core.params import DeepSpeedArgs, TrainArgs
 
 logger = logging.getLogger(__name__)
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def resolve_path(path: str) -> Path:
-    """A path as given, else relative to the source checkout (so launch/*.json is found from any cwd)."""
-    p = Path(path)
-    if p.exists() or p.is_absolute():
-        return p
-    return REPO_ROOT / p
-
-
 def pick_precision(requested: str) -> str:
     """'auto' means bf16 on a GPU that supports it and fp32 on CPU."""
     if requested != "auto":

@@ -1,17 +1,18 @@
 """The training loop every job shares: engine, tracking, checkpoint/resume, non-finite-loss guard.
 
-A job supplies a :class:`Task` (what the model is, what a batch is, what the loss is); :func:`fit` does the rest.
+A job supplies a :class:`~distinctad.train.core.task.Task` (what the model is, what a batch is, what the loss is,
+plus optional hooks); :func:`fit` does the rest.
 The data position (epoch, micro-batch within the epoch) is part of the checkpoint, and a task's ``batches`` must be
 a deterministic function of (seed, epoch, rank), so a resumed run sees exactly the batches the uninterrupted run
 would have seen.
 
 Faults it survives: a non-finite loss skips the step (all ranks agree) and ``train.max_bad_steps`` of them in a row
 stop the job with :class:`NonFiniteLossError`, the last good checkpoint untouched; corrupt samples are skipped by
-the reader and counted (``data/skipped_samples`` in the metrics, ``skipped_samples`` in ``summary.json``, for tasks
-with a ``skipped_samples()`` method); a tracking server that goes away costs a warning (see ``tracking.py``); a
+the reader and counted (``data/skipped_samples`` in the metrics, ``skipped_samples`` in ``summary.json``, from the
+task's ``skipped_samples()`` hook); a tracking server that goes away costs a warning (see ``tracking.py``); a
 failed checkpoint write raises :class:`~distinctad.train.core.checkpoint.CheckpointError` with ``latest`` unchanged.
 
-Debug option: ``DISTINCTAD_DEBUG_SAMPLES=1`` appends, for tasks with a ``sample_ids(batch)`` method, one line per
+Debug option: ``DISTINCTAD_DEBUG_SAMPLES=1`` appends, for tasks whose ``sample_ids(batch)`` hook returns ids, one line per
 micro-batch to ``<run dir>/samples/rank{r}.jsonl``: ``{"launch": first step of this launch, "epoch", "micro"
 (0-based within the epoch), "step" (the optimizer step it counts towards), "trained", "ids"}``, to check that a
 resumed run sees each sample of an epoch once.
@@ -41,7 +42,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
@@ -51,6 +52,7 @@ from distinctad.train.core import distributed as D
 from distinctad.train.core.config import config_hash, flatten, save_config, to_dict
 from distinctad.train.core.engine import build_engine
 from distinctad.train.core.params import DeepSpeedArgs, RunArgs, TrackingArgs, TrainArgs
+from distinctad.train.core.task import Task
 from distinctad.train.core.tracking import Tracker
 
 logger = logging.getLogger(__name__)
@@ -58,25 +60,6 @@ logger = logging.getLogger(__name__)
 
 class NonFiniteLossError(RuntimeError):
     """Too many non-finite losses in a row."""
-
-
-class Task(Protocol):
-    def build_model(self) -> torch.nn.Module: ...
-
-    def batches(self, epoch: int, skip: int) -> Iterator[Any]:
-        """This rank's micro-batches of ``epoch``, starting after the first ``skip`` of them."""
-
-    def loss(self, engine, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        """Forward pass: the loss to back-propagate and extra scalars to log (local to this rank)."""
-
-    def evaluate(self, engine, tracker: Tracker, step: int) -> dict[str, float]:
-        """Held-out metrics (collective: called on every rank)."""
-
-    def samples_in(self, batch: Any) -> int: ...
-
-    # Optional:
-    # def skipped_samples(self) -> int: corrupt samples this rank's reader skipped in this process so far.
-    # def sample_ids(self, batch) -> list: ids of the samples in ``batch`` (for DISTINCTAD_DEBUG_SAMPLES).
 
 
 @dataclasses.dataclass
@@ -140,9 +123,9 @@ class SampleRecorder:
     """``DISTINCTAD_DEBUG_SAMPLES=1``: the ids of every micro-batch this rank sees, one JSON line each."""
 
     def __init__(self, task: Task, run_dir: Path, launch: int):
-        self.ids = getattr(task, "sample_ids", None)
+        self.task = task
         self.file = None
-        if os.environ.get("DISTINCTAD_DEBUG_SAMPLES", "") not in ("", "0") and self.ids is not None:
+        if os.environ.get("DISTINCTAD_DEBUG_SAMPLES", "") not in ("", "0"):
             path = run_dir / "samples" / f"rank{D.get_rank()}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
@@ -151,8 +134,11 @@ class SampleRecorder:
     def record(self, batch: Any, state: TrainState, micro: int, trained: bool) -> None:
         if self.file is None:
             return
+        ids = self.task.sample_ids(batch)
+        if ids is None:  # this task records no ids
+            return
         row = {"launch": self.launch, "epoch": state.epoch, "micro": micro, "step": state.step + 1,
-               "trained": trained, "ids": list(self.ids(batch))}
+               "trained": trained, "ids": list(ids)}
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()  # a SIGKILLed rank keeps what it has recorded
 
@@ -207,8 +193,7 @@ def fit(task: Task, cfg: Any, *, job: str) -> dict[str, Any]:
     tracker = Tracker(run_dir, enabled=track.enabled, is_master=D.is_master(), uri=track.uri,
                       experiment=track.experiment, run_name=run.name, parent_run_id=track.parent_run_id)
     tracker.set_tags({"job": job, "resumed_from_step": str(state.step)})
-    extra_params = task.params() if hasattr(task, "params") else {}  # e.g. trainable-parameter counts
-    tracker.log_params({**flatten(to_dict(cfg)), "world_size": D.get_world_size(), **extra_params})
+    tracker.log_params({**flatten(to_dict(cfg)), "world_size": D.get_world_size(), **task.params()})
     if D.is_master():
         atomic_write_json(run_dir / "ds_config.json", ds_cfg)
         tracker.log_artifact(run_dir / "config.yaml")
@@ -238,9 +223,7 @@ def _train(task: Task, engine, cfg: Any, state: TrainState, tracker: Tracker, ck
     val: dict[str, float] = {}
 
     def count_skipped() -> None:  # collective
-        mine = getattr(task, "skipped_samples", None)
-        if mine is not None:
-            state.skipped_samples = skipped_before + round(D.all_reduce_mean(mine()) * D.get_world_size())
+        state.skipped_samples = skipped_before + round(D.all_reduce_mean(task.skipped_samples()) * D.get_world_size())
 
     def save() -> None:
         count_skipped()
@@ -297,9 +280,8 @@ def _train(task: Task, engine, cfg: Any, state: TrainState, tracker: Tracker, ck
                                "train/epoch": state.epoch}
                     for k, vs in window_extra.items():
                         metrics[f"train/{k}"] = D.all_reduce_mean(sum(vs) / len(vs))
-                    if hasattr(task, "skipped_samples"):
-                        count_skipped()
-                        metrics["data/skipped_samples"] = state.skipped_samples
+                    count_skipped()
+                    metrics["data/skipped_samples"] = state.skipped_samples
                     tracker.log_metrics(metrics, step=state.step)
                     logger.info("step %d/%d | loss %.4f | lr %.2e | %.1f samples/s", state.step, train.max_steps,
                                 metrics["train/loss"], metrics["train/lr"], metrics["train/samples_per_s"])
@@ -337,6 +319,7 @@ def _train(task: Task, engine, cfg: Any, state: TrainState, tracker: Tracker, ck
         t0 = time.perf_counter()
         val = _evaluate(task, engine, tracker, state.step)
         timers["eval"] += time.perf_counter() - t0
+        task.export(engine, state.step)  # collective; after the last evaluation, so it exports what was scored
     count_skipped()
     if state.skipped_samples:
         logger.warning("%d corrupt or unusable samples were skipped (see the warnings above)", state.skipped_samples)

@@ -40,13 +40,10 @@ from open_clip.transformer import text_global_pool
 from torch import nn
 
 from distinctad.common import atomic_path
+from distinctad.train.models.clip_names import DEFAULT_MODEL, TINY_MODEL
 
 logger = logging.getLogger(__name__)
 
-TINY_MODEL = "distinctad-tiny"
-"""Name of the tiny test / SynthMAD architecture (``model_configs/distinctad-tiny.json``, 64-wide, 2+2 layers)."""
-
-DEFAULT_MODEL = "ViT-B-32"
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 # Checkpoint names open_clip itself writes or downloads, most preferred first.

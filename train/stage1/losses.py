@@ -10,8 +10,6 @@ full-batch ones. Local batch sizes must be equal on all ranks (as for ``ClipLoss
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -21,34 +19,7 @@ from open_clip.loss import ClipLoss
 from torch import nn
 
 from distinctad.train.models.clip_ad import pool_video
-
-
-@dataclass
-class Stage1LossConfig:
-    """Stage-I loss settings."""
-
-    lambda_mil: float = 1.0
-    """Weight of the frame–word MIL-NCE term: total = global + lambda_mil * MIL (0 disables it)."""
-    mil_mode: Literal["max", "logsumexp"] = "max"
-    """How a word is scored against a clip's T frames: the best frame's cosine ("max") or a smooth maximum
-    ``tau_f * logsumexp(cos / tau_f) - tau_f * log T`` ("logsumexp") that lets several frames share the credit."""
-    mil_temperature: float = 0.07
-    """Softmax temperature of the MIL-NCE over words (fixed; the global loss uses the model's learnable scale)."""
-    frame_temperature: float = 0.1
-    """tau_f of the "logsumexp" frame pooling (smaller = closer to max); unused in "max" mode."""
-    local_loss: bool = True
-    """open_clip's ``local_loss``: each rank scores its local clips against all gathered ADs (B_local x B_global
-    logits) instead of building the full B_global x B_global matrix. Same mean loss and gradients."""
-    gather_with_grad: bool = True
-    """Gather features with ``torch.distributed.nn.all_gather`` so gradients flow back to the rank that owns them."""
-
-    def __post_init__(self):
-        if self.mil_mode not in ("max", "logsumexp"):
-            raise ValueError(f"mil_mode must be 'max' or 'logsumexp', got {self.mil_mode!r}")
-        if self.mil_temperature <= 0 or self.frame_temperature <= 0:
-            raise ValueError("mil_temperature and frame_temperature must be > 0")
-        if self.lambda_mil < 0:
-            raise ValueError(f"lambda_mil must be >= 0, got {self.lambda_mil}")
+from distinctad.train.stage1.config import Stage1LossConfig
 
 
 def word_scores(frame_emb: torch.Tensor, word_emb: torch.Tensor, mode: str = "max",

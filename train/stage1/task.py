@@ -24,7 +24,6 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +35,9 @@ from distinctad.data.wds_pipeline import DataInfo, expand_shards, get_wds_loader
 from distinctad.train.core import distributed as D
 from distinctad.train.core.config import ConfigError
 from distinctad.train.core.loop import engine_dtype
-from distinctad.train.core.params import DeepSpeedArgs, RunArgs, TrackingArgs, TrainArgs
+from distinctad.train.core.task import Task
 from distinctad.train.models.clip_ad import (
     CLIPAD,
-    DEFAULT_MODEL,
     TINY_MODEL,
     WeightsNotFoundError,
     build_clip_ad,
@@ -47,127 +45,16 @@ from distinctad.train.models.clip_ad import (
     pool_video,
     save_clip,
 )
+from distinctad.train.stage1.config import EXPORT_DIR, Stage1DataArgs, Stage1Job
 from distinctad.train.stage1.fig_b2 import similarity_figure
-from distinctad.train.stage1.losses import Stage1Loss, Stage1LossConfig
+from distinctad.train.stage1.losses import Stage1Loss
 from distinctad.train.stage1.retrieval import retrieval_metrics
 
 logger = logging.getLogger(__name__)
 
-EXPORT_DIR = "clip_ad"
-"""Sub-folder of the run directory holding the exported CLIP-AD (open_clip folder layout)."""
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Config
-
-
-@dataclass
-class Stage1ModelArgs:
-    name: str = DEFAULT_MODEL
-    """open_clip architecture: ViT-B-32, ViT-B-16, or distinctad-tiny (tests, SynthMAD)."""
-    pretrained: str = ""
-    """
-    Local CLIP weights: checkpoint file, folder (e.g. a previous run's clip_ad/), or an open_clip tag already in the
-    local cache; empty: random init (tests only). Nothing is ever downloaded.
-    """
-    cache_dir: str = ""
-    """Hugging Face / open_clip cache folder to look tags up in; empty: the standard caches."""
-    trainable_vision_blocks: int | None = None
-    """
-    null: train the whole vision tower; k: only its last k blocks (+ ln_post and proj). The text tower is always frozen.
-    """
-    grad_checkpointing: bool = False
-    """Activation checkpointing in the vision transformer (memory for speed)."""
-    image_size: int = 0
-    """Override the vision input size (position embeddings resized); 0: the model's own."""
-    skip_punctuation: bool = True
-    """Leave pure-punctuation BPE tokens out of the MIL words."""
-    export: bool = True
-    """At the end, save the adapted model to <run dir>/clip_ad (what extraction loads)."""
-
-    def __post_init__(self) -> None:
-        if self.trainable_vision_blocks is not None and self.trainable_vision_blocks < 0:
-            raise ConfigError(f"model.trainable_vision_blocks must be null or >= 0, got {self.trainable_vision_blocks}")
-        if self.image_size < 0:
-            raise ConfigError(f"model.image_size must be >= 0, got {self.image_size}")
-
-
-@dataclass
-class Stage1DataArgs:
-    train_shards: str = ""
-    """Training frames shards: a folder, a brace pattern or a list; empty: SynthMAD."""
-    eval_shards: str = ""
-    """
-    Held-out frames shards for retrieval and Fig. B.2; empty: SynthMAD's eval split (only when train_shards is empty
-    too).
-    """
-    synth_dir: str = "work/synthmad"
-    """Where the SynthMAD default is generated and sharded (reused if there)."""
-    synth_movies: int = 4
-    """SynthMAD: number of movies (the last one is the eval split)."""
-    synth_ads_per_movie: int = 48
-    """SynthMAD: ADs per movie."""
-    num_workers: int = 2
-    """DataLoader workers per rank (JPEG decoding and CLIP preprocessing)."""
-    augment: bool = True
-    """Train with open_clip's RandomResizedCrop (drawn per frame); off: the eval transform."""
-    aug_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])
-    """RandomResizedCrop area range (open_clip's default)."""
-    eval_batch_size: int = 0
-    """Clips per rank per eval forward; 0: train.micro_batch_size."""
-
-    def __post_init__(self) -> None:
-        if self.num_workers < 0:
-            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
-        if len(self.aug_scale) != 2 or not 0 < self.aug_scale[0] <= self.aug_scale[1] <= 1:
-            raise ConfigError(f"data.aug_scale must be [lo, hi] with 0 < lo <= hi <= 1, got {self.aug_scale}")
-        if self.eval_shards and not self.train_shards:
-            raise ConfigError("data.eval_shards is set but data.train_shards is empty (SynthMAD brings its own)")
-
-
-@dataclass
-class Stage1EvalArgs:
-    vanilla_baseline: bool = True
-    """Also report retrieval of the model as built (vanilla CLIP), once, as val/vanilla_*."""
-    train_shards: int = 0
-    """
-    Also report retrieval on the first this many training shards (eval transform) as val/train_*: how well the training
-    clips are fit. 0: off; -1: all of them.
-    """
-    figure: bool = True
-    """Draw the Fig. B.2 similarity matrices (vanilla CLIP, CLIP-AD, AD text) of one eval movie."""
-    figure_movie: str = ""
-    """Movie of the figure; empty: the first movie of the eval shards."""
-    figure_clips: int = 32
-    """Consecutive clips (from the movie's first AD) in the figure."""
-    figure_band: int = 3
-    """Band half-width w of the figure's band means (pairs with 1 <= |i-j| <= w)."""
-
-    def __post_init__(self) -> None:
-        if self.train_shards < -1:
-            raise ConfigError(f"eval.train_shards must be -1, 0 or a count, got {self.train_shards}")
-        if self.figure_clips < 2 or self.figure_band < 1:
-            raise ConfigError("eval.figure_clips must be >= 2 and eval.figure_band >= 1")
-
-
-@dataclass
-class Stage1Job:
-    run: RunArgs = field(default_factory=RunArgs)
-    """Run identity, output directory, seed, resume."""
-    train: TrainArgs = field(default_factory=TrainArgs)
-    """Optimisation, logging and checkpoint cadence."""
-    deepspeed: DeepSpeedArgs = field(default_factory=DeepSpeedArgs)
-    """DeepSpeed JSON, ZeRO stage, precision."""
-    tracking: TrackingArgs = field(default_factory=TrackingArgs)
-    """MLflow tracking."""
-    model: Stage1ModelArgs = field(default_factory=Stage1ModelArgs)
-    """The CLIP-AD model: architecture, weights, what trains."""
-    loss: Stage1LossConfig = field(default_factory=Stage1LossConfig)
-    """Global InfoNCE + frame-word MIL-NCE."""
-    data: Stage1DataArgs = field(default_factory=Stage1DataArgs)
-    """Frames shards and preprocessing."""
-    eval: Stage1EvalArgs = field(default_factory=Stage1EvalArgs)
-    """Retrieval metrics and the Fig. B.2 analysis."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -239,7 +126,7 @@ def logit_scale_1d(model: CLIPAD) -> None:
         model.clip.logit_scale = nn.Parameter(scale.detach().reshape(1), requires_grad=scale.requires_grad)
 
 
-class Stage1Task:
+class Stage1Task(Task):
     """The Stage-I :class:`~distinctad.train.core.loop.Task`: frames shards in, CLIP-AD trained, retrieval out."""
 
     def __init__(self, cfg: Stage1Job):
@@ -383,8 +270,6 @@ class Stage1Task:
             metrics.update(self._vanilla_metrics or {})
             if self.cfg.eval.figure and self.eval_spec:
                 metrics.update(self._fig_b2(engine, tracker, step))
-        if step >= self.cfg.train.max_steps and self.cfg.model.export:
-            self.export(engine, step)
         return metrics
 
     def _fig_b2(self, engine, tracker, step: int) -> dict[str, float]:
@@ -416,21 +301,24 @@ class Stage1Task:
 
     # -- export --------------------------------------------------------------------------------------------------
 
-    def export(self, engine, step: int) -> Path | None:
+    def export(self, engine, step: int) -> None:
         """Save the adapted model to ``<run dir>/clip_ad`` with :func:`save_clip` (collective; rank 0 writes).
 
+        Skipped when ``model.export`` is off.
         Trainable parameters: DeepSpeed's fp32 master weights (``safe_get_full_fp32_param``, a collective under
         ZeRO-1/2); frozen ones: the model as built, so neither is rounded to bf16.
         """
         from deepspeed.utils import safe_get_full_fp32_param
 
+        if not self.cfg.model.export:
+            return
         trained = {}
         for name, p in engine.module.named_parameters():
             if p.requires_grad:
                 full = safe_get_full_fp32_param(p)
                 trained[name] = (full if full is not None else p).detach().float().cpu()
         if not D.is_master():
-            return None
+            return
         export = copy.deepcopy(self.vanilla if self.vanilla is not None else engine.module).float().cpu()
         state = export.state_dict()
         missing = set(trained) - set(state)
@@ -444,17 +332,15 @@ class Stage1Task:
             "model": self.cfg.model.name, "pretrained": self.cfg.model.pretrained, "step": step,
             "run_dir": str(self.run_dir), "weights": weights.name})
         logger.info("exported CLIP-AD (step %d) to %s", step, out_dir)
-        return out_dir
 
 
-def run(cfg: Stage1Job) -> dict:
-    """Train Stage-I as ``cfg`` says (collective); returns the loop's summary."""
+def build_task(cfg: Stage1Job) -> Stage1Task:
+    """The registry's task builder: checks what Stage-I cannot run under, then the task (collective)."""
     from distinctad.train.core.engine import build_ds_config
-    from distinctad.train.core.loop import fit
 
     if cfg.train.micro_batch_size < 2 and D.get_world_size() < 2:
         raise ConfigError("train.micro_batch_size must be >= 2 on one rank: the contrastive loss needs negatives")
     if build_ds_config(cfg.deepspeed, cfg.train)["zero_optimization"]["stage"] == 3:
         # ZeRO-3 would partition the logit scale the loss reads every step; a ViT-B tower fits any GPU anyway.
         raise ConfigError("Stage-I runs under ZeRO 0, 1 or 2: set deepspeed.zero_stage to 1 or 2")
-    return fit(Stage1Task(cfg), cfg, job="stage1")
+    return Stage1Task(cfg)

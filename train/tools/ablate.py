@@ -10,7 +10,6 @@ run is a child of one parent run that also holds the resulting table (Markdown) 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import statistics
@@ -66,25 +65,25 @@ def run_ablation(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the grid; returns ``{row: [eval metrics per seed]}``."""
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from distinctad.common import atomic_write_json, atomic_write_text, init_logger
+    from distinctad.common import atomic_write_json, atomic_write_text, init_logger, resolve_path
     from distinctad.train.core import distributed as D
     from distinctad.train.core.config import ConfigError, load_config
-    from distinctad.train.core.engine import resolve_path
     from distinctad.train.core.tracking import ParentRun
-    from distinctad.train.main import _strip_launcher_args
-    from distinctad.train.models.captioner import ABLATIONS
-    from distinctad.train.stage2.task import Stage2Job, run
+    from distinctad.train.jobs import get_job
+    from distinctad.train.main import strip_launcher_args
+    from distinctad.train.models.captioner_config import PRESETS
+    from distinctad.train.stage2.config import Stage2Job
 
-    overrides = _strip_launcher_args(overrides)
+    overrides = strip_launcher_args(overrides)
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
-    unknown = [r for r in rows if r not in ABLATIONS]
+    unknown = [r for r in rows if r not in PRESETS]
     if unknown:
-        raise SystemExit(f"error: unknown row(s) {unknown}; choose from {list(ABLATIONS)}")
+        raise SystemExit(f"error: unknown row(s) {unknown}; choose from {list(PRESETS)}")
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         raise SystemExit(f"error: --seeds must be comma-separated integers, got {args.seeds!r}") from None
-    config = args.config or str(resolve_path("launch/configs/stage2.yaml"))
+    config = args.config or str(resolve_path(get_job("stage2").default_yaml))
     try:
         base = load_config(Stage2Job, config, overrides)
     except ConfigError as e:
@@ -103,14 +102,14 @@ def run_ablation(argv: list[str] | None = None) -> dict[str, Any]:
         for seed in seeds:
             for row in rows:
                 name = f"{row}-seed{seed}"
-                cfg = load_config(Stage2Job, config, [*overrides, "--run.name", name, "--run.out_dir",
-                                                      str(out / name), "--run.seed", str(seed)])
-                cfg.model = dataclasses.replace(cfg.model, **ABLATIONS[row])
+                # the preset comes first: a switch the user overrides explicitly still wins over the row's
+                cfg = load_config(Stage2Job, config, ["--model.preset", row, *overrides, "--run.name", name,
+                                                      "--run.out_dir", str(out / name), "--run.seed", str(seed)])
                 cfg.tracking.parent_run_id = parent.run_id or cfg.tracking.parent_run_id
                 logger.info("=== ablation row %s, seed %d ===", row, seed)
-                summary = run(cfg)
+                summary = get_job("stage2").run(cfg)
                 results[row].append({k: v for k, v in summary.items() if k.startswith("eval/")})
-        switches = {r: ABLATIONS[r] for r in rows}
+        switches = {r: PRESETS[r] for r in rows}
         md = (f"# Table D.2 ablation ({len(seeds)} seed(s), {base.train.max_steps} steps each)\n\n"
               + table(results, rows, switches))
         if D.is_master():

@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     from distinctad.train.core.engine import build_engine
     from distinctad.train.models.captioner import DistinctADCaptioner
     from distinctad.train.models.llm import load_tokenizer
-    from distinctad.train.stage2.task import GenerationArgs, Stage2Job, predict
+    from distinctad.train.stage2.config import GenerationArgs, Stage2Job
+    from distinctad.train.stage2.task import predict
 
     root, tag = find_checkpoint(args.ckpt)
     try:

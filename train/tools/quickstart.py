@@ -144,20 +144,17 @@ def _pipeline(args, work: Path, track: list[str], env: dict[str, str], timer: St
         feats_ready[name] = (shards / f"feats-{name}-train", shards / f"feats-{name}-eval")
 
     # 4. Stage-II, 5. generation, 6. evaluation, per (features, configuration)
-    from distinctad.train.models.captioner import ABLATIONS
-
     results: dict[str, dict] = {}
     dim = json.loads((shards / "feats-vanilla-train" / "manifest.json").read_text()).get("feature_dim", 64)
     for feat, (train_dir, eval_dir) in feats_ready.items():
         for row in [r.strip() for r in args.configs.split(",") if r.strip()]:
             name = f"{feat}-{row}"
             run_dir = runs / f"stage2-{name}"
-            switches = [f"--model.{k}={str(v).lower()}" for k, v in ABLATIONS[row].items()]
             run_step(f"Stage-II {name}",
                      ["bash", str(REPO / "launch/stage2.sh"), str(REPO / "launch/configs/stage2.yaml"),
                       "--run.name", f"stage2-{name}", "--run.out_dir", str(run_dir), "--run.seed", str(args.seed),
                       "--train.max_steps", str(args.stage2_steps), "--data.train_shards", str(train_dir),
-                      "--data.eval_shards", str(eval_dir), "--model.feature_dim", str(dim), *switches,
+                      "--data.eval_shards", str(eval_dir), "--model.feature_dim", str(dim), "--model.preset", row,
                       "--eval.enabled", "false", *track],
                      done=finished(run_dir), timer=timer, env=env)
             preds = res / f"{name}_predictions.jsonl"

@@ -7,40 +7,14 @@ and uninterrupted runs see the same batches.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from distinctad.train.core import distributed as D
 from distinctad.train.core.loop import engine_dtype
-from distinctad.train.core.params import DeepSpeedArgs, RunArgs, TrackingArgs, TrainArgs
-
-
-@dataclass
-class TrivialModelArgs:
-    in_dim: int = 16
-    """Input features."""
-    hidden: int = 64
-    """Hidden width of the MLP."""
-    n_samples: int = 512
-    """Size of the fixed synthetic regression set."""
-    noise: float = 0.01
-    """Label noise of the synthetic set."""
-
-
-@dataclass
-class TrivialJob:
-    run: RunArgs = field(default_factory=RunArgs)
-    """Run identity, output directory, seed, resume."""
-    train: TrainArgs = field(default_factory=TrainArgs)
-    """Optimisation, logging and checkpoint cadence."""
-    deepspeed: DeepSpeedArgs = field(default_factory=DeepSpeedArgs)
-    """DeepSpeed JSON, ZeRO stage, precision."""
-    tracking: TrackingArgs = field(default_factory=TrackingArgs)
-    """MLflow tracking."""
-    model: TrivialModelArgs = field(default_factory=TrivialModelArgs)
-    """The trivial MLP and its data."""
+from distinctad.train.core.task import Task
+from distinctad.train.trivial.config import TrivialJob, TrivialModelArgs
 
 
 class MLP(nn.Module):
@@ -61,7 +35,9 @@ def make_data(args: TrivialModelArgs, seed: int) -> tuple[torch.Tensor, torch.Te
     return x, y
 
 
-class TrivialTask:
+class TrivialTask(Task):
+    """The trivial job as a :class:`~distinctad.train.core.task.Task`."""
+
     def __init__(self, cfg: TrivialJob):
         self.cfg = cfg
         self.x, self.y = make_data(cfg.model, cfg.run.seed)
@@ -93,3 +69,8 @@ class TrivialTask:
     def evaluate(self, engine, tracker, step: int) -> dict[str, float]:
         pred = engine(self.x.to(engine.device, engine_dtype(engine))).float().cpu()
         return {"mse": float(nn.functional.mse_loss(pred, self.y))}
+
+
+def build_task(cfg: TrivialJob) -> TrivialTask:
+    """The registry's task builder (:mod:`distinctad.train.jobs`)."""
+    return TrivialTask(cfg)

@@ -1,0 +1,92 @@
+"""Stage-II job config: dataclasses only (no torch), so `distinctad-train stage2 --help` is fast."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from distinctad.train.core.params import DeepSpeedArgs, RunArgs, TrackingArgs, TrainArgs
+from distinctad.train.models.captioner_config import CaptionerConfig
+
+
+@dataclass
+class Stage2DataArgs:
+    train_shards: str = ""
+    """
+    Window feature shards to train on (folder, glob or brace pattern); empty: the embedded SynthMAD default, generated
+    and sharded under data.synth_dir on first use.
+    """
+    eval_shards: str = ""
+    """Window feature shards to evaluate on; empty: SynthMAD's eval split."""
+    synth_dir: str = "work/synthmad"
+    """Where the SynthMAD default lives (reused when present)."""
+    synth_movies: int = 4
+    """SynthMAD movies (the last one is the eval split)."""
+    synth_ads_per_movie: int = 48
+    """SynthMAD ADs per movie."""
+    synth_seed: int = 0
+    """SynthMAD seed."""
+    num_workers: int = 0
+    """DataLoader workers per rank."""
+    resampled: bool = False
+    """Draw training shards with replacement (webdataset ResampledShards)."""
+
+
+@dataclass
+class GenerationArgs:
+    num_beams: int = 5
+    """Beam width."""
+    repetition_penalty: float = 1.2
+    """HF repetition penalty."""
+    no_repeat_ngram_size: int = 3
+    """Never repeat an n-gram of this size."""
+    max_new_tokens: int = 67
+    """Longest AD in tokens."""
+    batch_size: int = 2
+    """Windows per generation call."""
+
+
+@dataclass
+class Stage2EvalArgs:
+    enabled: bool = True
+    """
+    Generate and score the eval split (every eval_every steps and at the end); off: train only, and score later with
+    distinctad-generate + distinctad-eval.
+    """
+    generation: GenerationArgs = field(default_factory=GenerationArgs)
+    """Decoding."""
+    metrics: list[str] = field(default_factory=lambda: ["bleu", "meteor", "rouge", "cider"])
+    """Captioning metrics (pycocoevalcap)."""
+    recall_k: int = 5
+    """k of Recall@k/N."""
+    recall_n: int = 16
+    """N of Recall@k/N."""
+    backend: str = "lexical"
+    """Recall@k/N similarity: lexical, embedding or bertscore."""
+    backend_model: str = ""
+    """Model directory of the embedding / bertscore backend."""
+    max_windows: int = 0
+    """Evaluate on at most this many windows per rank (0: all)."""
+    samples_to_log: int = 16
+    """Generated ADs shown beside the ground truth in the samples table artifact."""
+
+
+def _default_model() -> CaptionerConfig:
+    return CaptionerConfig(llm="tiny-gpt2", feature_dim=512, d_model=64, num_latents=4, perceiver_heads=4,
+                           num_bases=8)
+
+
+@dataclass
+class Stage2Job:
+    run: RunArgs = field(default_factory=RunArgs)
+    """Run identity, output directory, seed, resume."""
+    train: TrainArgs = field(default_factory=TrainArgs)
+    """Optimisation, logging and checkpoint cadence."""
+    deepspeed: DeepSpeedArgs = field(default_factory=DeepSpeedArgs)
+    """DeepSpeed JSON, ZeRO stage, precision."""
+    tracking: TrackingArgs = field(default_factory=TrackingArgs)
+    """MLflow tracking."""
+    data: Stage2DataArgs = field(default_factory=Stage2DataArgs)
+    """Window shards (or the SynthMAD default)."""
+    model: CaptionerConfig = field(default_factory=_default_model, metadata={"help": "The captioner (DESIGN §5)."})
+    eval: Stage2EvalArgs = field(default_factory=Stage2EvalArgs)
+    """Evaluation through the eval harness."""
