@@ -45,7 +45,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "dev": ["pytest>=8", "ruff"],
+        "dev": ["pytest>=8", "ruff==0.17.6"],
         "llama": ["peft>=0.10"],
     },
     entry_points={

@@ -9,6 +9,7 @@
 if [ "${NGPU:-1}" -gt 1 ]; then exec deepspeed --num_gpus "$NGPU" "$0" "$@"; fi
 exec "${PYTHON:-python}" "$0" "$@"
 ":"""
+
 from distinctad.train.main import launch
 
 launch("stage1")
