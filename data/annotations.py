@@ -4,11 +4,15 @@ Both formats land in one :class:`AnnotationSet` of :class:`AD` records, so the s
 evaluation harness and SynthMAD never care where an AD came from.
 
 Real annotation files carry a few invalid UTF-8 bytes (the MAD-Eval CSV has four ``0x80`` bytes in
-``3034_IDES_OF_MARCH``). Silently replacing them would change ground-truth text without anyone noticing,
-and crashing with a ``UnicodeDecodeError`` traceback does not say where the problem is. So the caller picks
-the policy explicitly with ``bad_utf8``: ``"error"`` (a one-line ``ValueError`` naming file and line),
-``"repair"`` (each bad byte becomes U+FFFD) or ``"drop"`` (the row is removed). Every repaired or dropped
-row is logged and recorded in ``AnnotationSet.issues``.
+``3034_IDES_OF_MARCH``). Crashing with a ``UnicodeDecodeError`` traceback does not say where the problem is, and
+a silent replacement would change ground-truth text without anyone noticing. So the policy is explicit,
+``bad_utf8``: ``"error"`` (a one-line ``ValueError`` naming file and line), ``"repair"`` (each bad byte becomes
+U+FFFD) or ``"drop"`` (the row is removed). Every repaired or dropped row is logged with its file:line and
+recorded in ``AnnotationSet.issues`` (and from there in the shard manifest).
+
+Every entry point uses the same default, :data:`DEFAULT_BAD_UTF8` = ``"repair"`` (the reasons are in
+:data:`BAD_UTF8_HELP`), and the same column-mapping syntax, :func:`parse_columns`; the CLIs take their
+``choices=``, defaults and help texts from the constants here.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import math
 import os
 import re
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -28,7 +33,19 @@ from typing import NamedTuple
 logger = logging.getLogger(__name__)
 
 BAD_UTF8_POLICIES = ("error", "repair", "drop")
+"""What to do with invalid UTF-8 bytes: fail with file:line, replace each by U+FFFD, or drop the row."""
+DEFAULT_BAD_UTF8 = "repair"
+"""The one default of every reader and CLI (shard builder, evaluation, reconstruction): see ``BAD_UTF8_HELP``."""
+BAD_UTF8_HELP = (
+    "Invalid UTF-8 bytes in the annotation file: 'error' stops with file:line, 'repair' replaces each bad byte by "
+    "U+FFFD, 'drop' removes the row. Default 'repair': every AD is kept, so ad_index numbering (and the 6,520 "
+    "MAD-Eval ADs) stay the same in shards, evaluation and reconstruction; each repair is logged with its "
+    "file:line (and listed in a shard set's manifest.json)."
+)
 FORMATS = ("csv", "mad-json")
+"""Annotation formats :func:`read_annotations` reads (``None`` picks one by the file suffix)."""
+TIMESTAMP_FIELDS = ("timestamps", "ext_timestamps")
+"""MAD JSON fields that can give an AD's ``[start, end]``."""
 DEFAULT_COLUMNS = {
     "movie": "movie",
     "sentence": "sentence",
@@ -36,6 +53,12 @@ DEFAULT_COLUMNS = {
     "end": "end",
     "movie_duration": "movie_duration",
 }
+"""CSV column of each field (``movie_duration`` is optional); override with a mapping, see :func:`parse_columns`."""
+REQUIRED_COLUMNS = ("movie", "sentence", "start", "end")
+COLUMNS_HELP = (
+    "CSV column mapping FIELD=COLUMN for fields the file names differently, space- or comma-separated "
+    "(e.g. movie=film sentence=text, or movie=film,sentence=text); fields: " + ", ".join(DEFAULT_COLUMNS) + "."
+)
 # Undecodable bytes survive ``errors="surrogateescape"`` as lone surrogates U+DC80..U+DCFF, one per byte.
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 
@@ -87,12 +110,69 @@ class AnnotationSet:
             groups[ad.movie].append(ad)
         return dict(groups)
 
-    def movies(self) -> list[str]:
-        """The sorted movie ids."""
-        return sorted({ad.movie for ad in self.ads})
-
     def __len__(self) -> int:
         return len(self.ads)
+
+
+class MissingColumnError(ValueError):
+    """A CSV header lacks a column the reader needs; the message names the columns it has and the fix.
+
+    Attributes:
+        path: the CSV file.
+        missing: ``{field: column looked for}`` of each missing required field.
+        header: the columns the file has.
+    """
+
+    def __init__(self, path: str, missing: dict[str, str], header: list[str]):
+        self.path, self.missing, self.header = path, dict(missing), list(header)
+        super().__init__(self.message())
+
+    def message(self, option: str | None = None) -> str:
+        """The one-line message; ``option`` is the setting that maps columns (e.g. ``"--columns"``).
+
+        Without ``option`` the fix is given as the ``columns=`` argument of :func:`read_annotations`.
+        """
+        names = ", ".join(repr(col) if col == key else f"{col!r} (for {key})" for key, col in self.missing.items())
+        plural = len(self.missing) > 1
+        if option is None:
+            fix = "pass columns={" + ", ".join(f"'{key}': '<name>'" for key in self.missing) + "}"
+        else:
+            fix = f"map {'them' if plural else 'it'} with {option} " + " ".join(f"{k}=<name>" for k in self.missing)
+        has = ", ".join(self.header[:20]) + (", ..." if len(self.header) > 20 else "")
+        return f"missing column{'s' if plural else ''} {names} in {self.path} (columns: {has}); {fix}"
+
+
+def parse_columns(items: str | Iterable[str] | None, option: str = "--columns") -> dict[str, str] | None:
+    """Parse a CSV column mapping: ``FIELD=COLUMN`` pairs, space- or comma-separated, the syntax of every CLI.
+
+    ``["movie=film", "sentence=text"]`` (what ``nargs="+"`` gives), ``"movie=film,sentence=text"`` and any mixture
+    give the same mapping. A column name may hold ``=`` (split at the first one) but not ``,``.
+
+    Args:
+        items: the pairs as given on the command line, or ``None``.
+        option: the flag they came from, for error messages.
+
+    Returns:
+        ``{field: column}``, or ``None`` when nothing was given.
+
+    Raises:
+        ValueError: one line naming ``option`` on a malformed pair, an unknown field or a field mapped twice.
+    """
+    if items is None:
+        return None
+    out: dict[str, str] = {}
+    for part in (p.strip() for item in ([items] if isinstance(items, str) else items) for p in item.split(",")):
+        if not part:
+            continue
+        key, sep, value = (x.strip() for x in part.partition("="))
+        if not sep or not key or not value:
+            raise ValueError(f"{option} expects FIELD=COLUMN pairs, space- or comma-separated, got {part!r}")
+        if key not in DEFAULT_COLUMNS:
+            raise ValueError(f"{option}: unknown field {key!r} in {part!r}; fields: {', '.join(DEFAULT_COLUMNS)}")
+        if out.get(key, value) != value:
+            raise ValueError(f"{option}: field {key!r} mapped twice ({out[key]!r} and {value!r})")
+        out[key] = value
+    return out or None
 
 
 def _describe_bad_bytes(text: str) -> str:
@@ -126,7 +206,7 @@ def _handle_bad_utf8(
     where = f"{path}:{line}" if line is not None else path
     problem = "; ".join(f"{_describe_bad_bytes(v)} in field '{k}'" for k, v in bad.items())
     if bad_utf8 == "error":
-        raise ValueError(f"{where}: {problem} (pass bad_utf8='repair' or 'drop' to handle it)")
+        raise ValueError(f"{where}: {problem} (bad-UTF-8 policy 'error'; 'repair' or 'drop' reads it)")
     if bad_utf8 == "drop":
         logger.warning("%s: %s; row dropped", where, problem)
         issues.append(Issue(path, line, problem, "dropped"))
@@ -166,10 +246,9 @@ def _read_csv(path: str, columns: dict[str, str], bad_utf8: str) -> AnnotationSe
         header = next(reader)
     except StopIteration:
         raise ValueError(f"{path}: empty CSV file") from None
-    required = [k for k in ("movie", "sentence", "start", "end")]
-    missing = [columns[k] for k in required if columns[k] not in header]
+    missing = {k: columns[k] for k in REQUIRED_COLUMNS if columns[k] not in header}
     if missing:
-        raise ValueError(f"{path}:1: missing column(s) {missing} in header {header} (set the column mapping)")
+        raise MissingColumnError(path, missing, header)
     index = {k: header.index(v) for k, v in columns.items() if v in header}
     records, issues = [], []
     prev_line = reader.line_num
@@ -210,8 +289,8 @@ def _bad_byte_lines(raw: bytes) -> list[int]:
 
 
 def _read_mad_json(path: str, bad_utf8: str, timestamp_field: str) -> AnnotationSet:
-    if timestamp_field not in ("timestamps", "ext_timestamps"):
-        raise ValueError(f"timestamp_field must be 'timestamps' or 'ext_timestamps', got {timestamp_field!r}")
+    if timestamp_field not in TIMESTAMP_FIELDS:
+        raise ValueError(f"timestamp_field must be one of {TIMESTAMP_FIELDS}, got {timestamp_field!r}")
     raw = Path(path).read_bytes()
     try:
         data = json.loads(raw.decode("utf-8", errors="surrogateescape"))
@@ -255,7 +334,7 @@ def read_annotations(
     *,
     fmt: str | None = None,
     columns: dict[str, str] | None = None,
-    bad_utf8: str = "error",
+    bad_utf8: str = DEFAULT_BAD_UTF8,
     timestamp_field: str = "timestamps",
 ) -> AnnotationSet:
     """Read MAD JSON or AutoAD-style CSV annotations.
@@ -264,15 +343,18 @@ def read_annotations(
         path: the annotation file.
         fmt: ``"csv"`` or ``"mad-json"``; ``None`` picks by suffix (``.csv`` / ``.json``).
         columns: CSV column mapping with keys ``movie``, ``sentence``, ``start``, ``end``, ``movie_duration``
-            (values: the header names in the file); missing keys keep their default names.
-        bad_utf8: ``"error"`` raises a one-line ``ValueError`` naming file and line; ``"repair"`` replaces each
-            invalid byte by U+FFFD; ``"drop"`` drops the row. Repairs and drops are logged and in ``.issues``.
+            (values: the header names in the file); missing keys keep their default names. CLIs build it with
+            :func:`parse_columns`.
+        bad_utf8: one of :data:`BAD_UTF8_POLICIES`: ``"error"`` raises a one-line ``ValueError`` naming file and
+            line; ``"repair"`` (the default, :data:`DEFAULT_BAD_UTF8`) replaces each invalid byte by U+FFFD;
+            ``"drop"`` drops the row. Repairs and drops are logged and in ``.issues``.
         timestamp_field: MAD JSON only: ``"timestamps"`` or ``"ext_timestamps"``.
 
     Returns:
         An :class:`AnnotationSet` with ADs sorted by movie then ``ad_index``.
 
     Raises:
+        MissingColumnError: a CSV lacks a required column (a ``ValueError``; ``.message(option)`` names a flag).
         ValueError: on unreadable input (one line naming the file and, where known, the line).
     """
     path = str(path)

@@ -5,8 +5,8 @@ Examples::
     distinctad-shards synth --out work/synthmad --movies 4 --ads-per-movie 48 --videos --features
     distinctad-shards build --annotations work/synthmad/annotations.json --features work/synthmad/features.h5 \\
         --kind window --split-file work/synthmad/splits.json --split-key TRAIN --split train --out work/shards/win
-    distinctad-shards build --annotations ../shared/data/madeval_anno.csv --bad-utf8 repair --kind window \\
-        --split eval --out work/shards/madeval-text
+    distinctad-shards build --annotations data/assets/madeval_anno.csv --kind window --split eval \\
+        --out work/shards/madeval-text
     distinctad-shards verify work/shards/win
     distinctad-shards inspect work/shards/win -n 2
 """
@@ -21,20 +21,9 @@ from collections import Counter
 from pathlib import Path
 
 from distinctad.common import init_logger
+from distinctad.data import annotations
 
 logger = logging.getLogger("distinctad.data.cli")
-
-
-def _parse_columns(items: list[str] | None) -> dict[str, str] | None:
-    if not items:
-        return None
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--columns expects KEY=COLUMN pairs, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
 
 
 def _add_build(sub) -> None:
@@ -43,26 +32,20 @@ def _add_build(sub) -> None:
     g.add_argument("--annotations", required=True, help="MAD annotation JSON or AutoAD-style CSV file.")
     g.add_argument(
         "--format",
-        choices=["csv", "mad-json"],
+        choices=annotations.FORMATS,
         default=None,
         help="Annotation format; by default it is taken from the file suffix.",
     )
-    g.add_argument(
-        "--columns",
-        nargs="*",
-        metavar="KEY=COLUMN",
-        default=None,
-        help="CSV column mapping, e.g. movie=movie_id sentence=text start=start_s end=end_s.",
-    )
+    g.add_argument("--columns", nargs="+", metavar="FIELD=COLUMN", default=None, help=annotations.COLUMNS_HELP)
     g.add_argument(
         "--bad-utf8",
-        choices=["error", "repair", "drop"],
-        default="error",
-        help="What to do with invalid UTF-8 bytes: stop with the file:line, replace by U+FFFD, or drop the row.",
+        choices=annotations.BAD_UTF8_POLICIES,
+        default=annotations.DEFAULT_BAD_UTF8,
+        help=annotations.BAD_UTF8_HELP,
     )
     g.add_argument(
         "--timestamp-field",
-        choices=["timestamps", "ext_timestamps"],
+        choices=annotations.TIMESTAMP_FIELDS,
         default="timestamps",
         help="MAD JSON: which timestamp field gives an AD's [start, end].",
     )
@@ -92,7 +75,7 @@ def _add_build(sub) -> None:
     )
     g.add_argument("--shift-seed", type=int, default=0, help="Windows: seed of the per-AD jitter.")
     g = p.add_argument_group("curation (supplementary F)")
-    g.add_argument("--split-file", default=None, help="JSON split lists, e.g. ../shared/data/mad_split.json.")
+    g.add_argument("--split-file", default=None, help="JSON split lists, e.g. data/assets/mad_split.json.")
     g.add_argument("--split-key", default=None, help="Which list of --split-file to keep, e.g. EVAL or TRAIN.")
     g.add_argument("--include", default=None, help="Keep only these movies: preset:NAME or a file of ids.")
     g.add_argument(
@@ -110,7 +93,9 @@ def _add_build(sub) -> None:
         default="minutes",
         help="Unit of the values in a JSON --duration-ref.",
     )
-    g.add_argument("--imdb-map", default=None, help="movie -> IMDb id JSON (e.g. mad2imdb.json) for --duration-ref.")
+    g.add_argument(
+        "--imdb-map", default=None, help="movie -> IMDb id JSON (e.g. data/assets/mad2imdb.json) for --duration-ref."
+    )
     g.add_argument(
         "--duration-tolerance", type=float, default=60.0, help="Flag movies whose |Δ duration| exceeds this (s)."
     )
@@ -128,7 +113,6 @@ def _add_build(sub) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from distinctad.data.annotations import read_annotations
     from distinctad.data.curation import curate, load_duration_reference, load_movie_list, load_split
     from distinctad.data.features import FeatureReader
     from distinctad.data.shards import BuildOptions, build_shards, source_record
@@ -138,6 +122,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise ValueError("--kind frames needs --videos DIR")
     if args.features and args.kind == "frames":
         raise ValueError("--features is for --kind window; frames shards read pixels from --videos")
+    columns = annotations.parse_columns(args.columns, "--columns")
     if (args.split_file is None) != (args.split_key is None):
         raise ValueError("--split-file and --split-key go together")
     opts = BuildOptions(
@@ -153,13 +138,16 @@ def cmd_build(args: argparse.Namespace) -> int:
         max_shift=args.max_shift,
         shift_seed=args.shift_seed,
     )
-    anns = read_annotations(
-        args.annotations,
-        fmt=args.format,
-        columns=_parse_columns(args.columns),
-        bad_utf8=args.bad_utf8,
-        timestamp_field=args.timestamp_field,
-    )
+    try:
+        anns = annotations.read_annotations(
+            args.annotations,
+            fmt=args.format,
+            columns=columns,
+            bad_utf8=args.bad_utf8,
+            timestamp_field=args.timestamp_field,
+        )
+    except annotations.MissingColumnError as e:
+        raise ValueError(e.message("--columns")) from None
     by_movie = anns.by_movie()
     sources = [source_record("annotations", args.annotations)]
     pre_drops: dict[str, tuple[int, int]] = {}

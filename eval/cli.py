@@ -1,7 +1,7 @@
 """``distinctad-eval``: score a predictions JSONL against ground truth and write a report.
 
 Example:
-    distinctad-eval --pred runs/c3/predictions.jsonl --gt ../shared/data/madeval_anno.csv --out runs/c3/report
+    distinctad-eval --pred runs/c3/predictions.jsonl --gt data/assets/madeval_anno.csv --out runs/c3/report
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 import sys
 
 from distinctad.common import init_logger
+from distinctad.data import annotations
 from distinctad.eval.captions import CAPTION_METRICS
 from distinctad.eval.errors import EvalEnvironmentError, EvalInputError
 from distinctad.eval.harness import evaluate, log_to_mlflow, to_markdown, write_report
@@ -22,16 +23,6 @@ from distinctad.eval.similarity import BACKENDS
 logger = logging.getLogger(__name__)
 
 
-def _columns(text: str) -> dict[str, str]:
-    out = {}
-    for part in filter(None, text.split(",")):
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise argparse.ArgumentTypeError(f"expected key=value pairs like movie=film,sentence=text, got {part!r}")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def _metrics(text: str) -> list[str]:
     names = [m.strip().lower() for m in text.split(",") if m.strip() and m.strip().lower() != "none"]
     bad = [m for m in names if m not in CAPTION_METRICS]
@@ -40,7 +31,8 @@ def _metrics(text: str) -> list[str]:
     return names
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``distinctad-eval`` argument parser (annotation options shared with ``distinctad-shards build``)."""
     p = argparse.ArgumentParser(
         prog="distinctad-eval",
         description="Score predicted ADs (JSONL) against ground truth: BLEU, METEOR, ROUGE-L, CIDEr, SPICE and "
@@ -84,25 +76,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--gt-format",
-        choices=["csv", "mad-json", "shards"],
+        choices=[*annotations.FORMATS, "shards"],
         default=None,
         help="Ground-truth format (default: from the path).",
     )
-    p.add_argument(
-        "--gt-columns",
-        type=_columns,
-        default=None,
-        help="CSV column mapping, e.g. movie=film,sentence=text,start=t0,end=t1.",
-    )
+    p.add_argument("--gt-columns", nargs="+", metavar="FIELD=COLUMN", default=None, help=annotations.COLUMNS_HELP)
     p.add_argument(
         "--bad-utf8",
-        choices=["error", "repair", "drop"],
-        default="repair",
-        help="Invalid UTF-8 bytes in the annotation file: fail, replace by U+FFFD (logged), or drop the row.",
+        choices=annotations.BAD_UTF8_POLICIES,
+        default=annotations.DEFAULT_BAD_UTF8,
+        help=annotations.BAD_UTF8_HELP,
     )
     p.add_argument(
         "--timestamp-field",
-        choices=["timestamps", "ext_timestamps"],
+        choices=annotations.TIMESTAMP_FIELDS,
         default="timestamps",
         help="MAD JSON field holding [start, end].",
     )
@@ -118,6 +105,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mlflow-run-name", default=None, help="MLflow run name (default: the predictions file name).")
     p.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="Logging level.")
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse and check the arguments; a bad value exits with argparse's one-line usage error."""
+    p = build_parser()
     args = p.parse_args(argv)
     if args.recall_n < 1 or any(k < 1 or k > args.recall_n for k in args.recall_k):
         p.error(f"--recall-k must lie in [1, --recall-n={args.recall_n}], got {args.recall_k}")
@@ -125,6 +118,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--recall-stride must be >= 1")
     if args.time_tolerance < 0:
         p.error("--time-tolerance must be >= 0")
+    try:
+        args.gt_columns = annotations.parse_columns(args.gt_columns, "--gt-columns")
+    except ValueError as e:
+        p.error(str(e))
     return args
 
 
@@ -145,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
             columns=args.gt_columns,
             bad_utf8=args.bad_utf8,
             timestamp_field=args.timestamp_field,
+            columns_option="--gt-columns",
         )
         logger.info("%d predictions, %d ground-truth ADs", len(preds), len(refs))
         result = evaluate(

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from distinctad.data.annotations import DEFAULT_BAD_UTF8, MissingColumnError, read_annotations
 from distinctad.eval.errors import EvalInputError
 
 logger = logging.getLogger(__name__)
@@ -334,8 +335,9 @@ def read_references(
     *,
     fmt: str | None = None,
     columns: dict[str, str] | None = None,
-    bad_utf8: str = "repair",
+    bad_utf8: str = DEFAULT_BAD_UTF8,
     timestamp_field: str = "timestamps",
+    columns_option: str | None = None,
 ) -> list[Reference]:
     """Ground truth from an annotation CSV / MAD JSON (via ``distinctad.data.annotations``) or window shards.
 
@@ -343,18 +345,20 @@ def read_references(
         spec: an annotation file, a shard directory, a shard glob or one ``.tar``.
         fmt: ``"csv"``, ``"mad-json"``, ``"shards"``; ``None`` guesses from the path.
         columns: CSV column mapping (see ``read_annotations``).
-        bad_utf8: the annotation reader's invalid-UTF-8 policy (``"error"``, ``"repair"``, ``"drop"``).
+        bad_utf8: the annotation reader's invalid-UTF-8 policy, one of ``annotations.BAD_UTF8_POLICIES``
+            (default ``annotations.DEFAULT_BAD_UTF8``).
         timestamp_field: MAD JSON timestamp field.
+        columns_option: the setting that maps columns (e.g. ``"--gt-columns"``), named when a column is missing.
     """
     if fmt is None:
         is_tar = spec.endswith((".tar", ".tar.gz")) or os.path.isdir(spec) or any(c in spec for c in "*?[")
         fmt = "shards" if is_tar else None
     if fmt == "shards":
         return read_shard_references(spec)
-    from distinctad.data.annotations import read_annotations
-
     try:
         anns = read_annotations(spec, fmt=fmt, columns=columns, bad_utf8=bad_utf8, timestamp_field=timestamp_field)
+    except MissingColumnError as e:
+        raise EvalInputError(e.message(columns_option)) from None
     except ValueError as e:
         raise EvalInputError(str(e)) from None
     for issue in anns.issues:

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from distinctad.data import ASSETS
 from distinctad.data.synthmad import write_synthmad
 
-MADEVAL_CSV = Path(__file__).resolve().parents[3] / "shared" / "data" / "madeval_anno.csv"
+MADEVAL_CSV = ASSETS / "madeval_anno.csv"  # the real MAD-Eval annotation, shipped in data/assets
 
 
 @pytest.fixture(scope="session")

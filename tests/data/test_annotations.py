@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from distinctad.data.annotations import AD, read_annotations, write_mad_json
+from distinctad.data.annotations import AD, MissingColumnError, read_annotations, write_mad_json
 
 from .conftest import MADEVAL_CSV
 
@@ -23,8 +23,6 @@ PER_MOVIE = {
     "3034_IDES_OF_MARCH": 437,
     "3074_THE_ROOMMATE": 573,
 }
-
-pytestmark = pytest.mark.skipif(not MADEVAL_CSV.is_file(), reason="shared MAD-Eval CSV not present")
 
 
 def test_madeval_repair_reads_all_and_marks_the_bad_bytes():
@@ -53,7 +51,7 @@ def test_madeval_drop_removes_exactly_the_bad_rows():
 
 def test_madeval_error_is_one_line_naming_file_and_line():
     with pytest.raises(ValueError) as e:
-        read_annotations(MADEVAL_CSV)  # default policy is "error"
+        read_annotations(MADEVAL_CSV, bad_utf8="error")
     msg = str(e.value)
     assert "\n" not in msg and f"{MADEVAL_CSV}:5725" in msg and "0x80" in msg
 
@@ -78,7 +76,7 @@ def test_csv_column_mapping_and_unsorted_rows(tmp_path):
         ("m.1", 2, "tie-b"),
         ("z", 0, "only"),
     ]
-    with pytest.raises(ValueError, match="missing column"):
+    with pytest.raises(MissingColumnError, match="missing column"):
         read_annotations(p)
 
 
@@ -99,4 +97,4 @@ def test_mad_json_fields_and_bad_bytes(tmp_path):
     ext = read_annotations(p, bad_utf8="drop", timestamp_field="ext_timestamps")
     assert [(a.start, a.end) for a in ext.ads] == [(10.0, 12.5)]
     with pytest.raises(ValueError, match="mad.json"):
-        read_annotations(p)
+        read_annotations(p, bad_utf8="error")

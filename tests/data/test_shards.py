@@ -23,7 +23,6 @@ def read_back(out) -> dict[str, list[dict]]:
     return {p.name: [decode_sample(s) for s in iter_tar_samples(str(p))] for p in sorted(out.glob("*.tar"))}
 
 
-@pytest.mark.skipif(not MADEVAL_CSV.is_file(), reason="shared MAD-Eval CSV not present")
 @pytest.mark.parametrize("policy,total", [("repair", 6520), ("drop", 6516)])
 def test_madeval_text_windows(tmp_path, capsys, policy, total):
     out = tmp_path / "win"
@@ -70,10 +69,10 @@ def test_madeval_text_windows(tmp_path, capsys, policy, total):
     assert sum(len(w["sentence"]) for w in ides) == (437 if policy == "repair" else 433)
 
 
-@pytest.mark.skipif(not MADEVAL_CSV.is_file(), reason="shared MAD-Eval CSV not present")
 def test_madeval_error_policy_is_a_one_line_cli_error(tmp_path):
+    args = ["build", "--annotations", str(MADEVAL_CSV), "--out", str(tmp_path / "x"), "--no-progress"]
     with pytest.raises(SystemExit) as e:
-        main(["build", "--annotations", str(MADEVAL_CSV), "--out", str(tmp_path / "x"), "--no-progress"])
+        main([*args, "--bad-utf8", "error"])
     assert str(e.value).startswith("error: ") and ":5725:" in str(e.value) and "\n" not in str(e.value)
 
 
