@@ -22,6 +22,7 @@ from pathlib import Path
 
 from distinctad.common import init_logger
 from distinctad.data import annotations
+from distinctad.data.kinds import INPUTS, KINDS, get_kind, kinds_help
 
 logger = logging.getLogger("distinctad.data.cli")
 
@@ -49,16 +50,12 @@ def _add_build(sub) -> None:
         default="timestamps",
         help="MAD JSON: which timestamp field gives an AD's [start, end].",
     )
-    g.add_argument("--features", default=None, help="MAD-layout HDF5 frame features (window shards with feats.npy).")
-    g.add_argument("--videos", default=None, help="Folder of {movie}.mp4/.mkv videos (frames shards).")
+    # The inputs a kind may read (kinds.INPUTS); which kind reads which is in its --kind help.
+    g.add_argument("--features", metavar="FILE", help="MAD-layout HDF5 frame features (window shards with feats.npy).")
+    g.add_argument("--videos", metavar="DIR", help="Folder of {movie}.mp4/.mkv videos (frames shards).")
     g = p.add_argument_group("output")
     g.add_argument("--out", required=True, help="Output folder for the shards, manifest.json and sizes.json.")
-    g.add_argument(
-        "--kind",
-        choices=["frames", "window"],
-        default="window",
-        help="frames: T JPEG frames per AD (Stage-I); window: N consecutive ADs (Stage-II/eval).",
-    )
+    g.add_argument("--kind", choices=sorted(KINDS), default="window", help=f"Sample kind. {kinds_help()}.")
     g.add_argument("--split", default="train", help="Split name: shard file prefix and the samples' split field.")
     g.add_argument("--num-frames", type=int, default=8, help="T, frames per AD clip.")
     g.add_argument("--window", type=int, default=16, help="N, ADs per window (stride N, last window short).")
@@ -118,10 +115,15 @@ def cmd_build(args: argparse.Namespace) -> int:
     from distinctad.data.shards import BuildOptions, build_shards, source_record
     from distinctad.data.video import find_video
 
-    if args.kind == "frames" and not args.videos:
-        raise ValueError("--kind frames needs --videos DIR")
-    if args.features and args.kind == "frames":
-        raise ValueError("--features is for --kind window; frames shards read pixels from --videos")
+    kind = get_kind(args.kind)
+    given = {name: getattr(args, name) for name in INPUTS}
+    for name in kind.required_inputs:
+        if not given[name]:
+            raise ValueError(f"--kind {kind.name} needs --{name} {INPUTS[name]}")
+    for name, value in given.items():
+        if value and name not in kind.inputs:
+            reads = ", ".join(f"--{n}" for n in kind.inputs) or "annotations only"
+            raise ValueError(f"--{name} is not used by --kind {kind.name} (it reads {reads})")
     columns = annotations.parse_columns(args.columns, "--columns")
     if (args.split_file is None) != (args.split_key is None):
         raise ValueError("--split-file and --split-key go together")

@@ -11,12 +11,13 @@ Design choices, and why:
   looks finished.
 - **Parallel over movies.** Workers decode video / read features and JPEG-encode one movie chunk each; the main
   process only appends ready bytes to the tar, in plan order.
+- **Kind-agnostic.** What a sample is (which ADs, how it is encoded) comes from its kind in ``kinds.py``; this
+  module only plans, shards, writes, hashes and resumes.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import multiprocessing as mp
@@ -26,18 +27,30 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
 from distinctad.common import atomic_path, atomic_write_json
 from distinctad.data.annotations import AD
-from distinctad.data.features import FEATURE_FPS, FeatureReader, ad_in_features
+from distinctad.data.features import FEATURE_FPS, FeatureReader
+
+# npy_bytes, sample_key, window_meta, window_units stay public here: train/tools/extract.py writes window shards
+# with the builder's own code.
+from distinctad.data.kinds import (  # noqa: F401
+    INPUTS,
+    BuildInputs,
+    SampleKind,
+    Unit,
+    get_kind,
+    npy_bytes,
+    sample_key,
+    window_meta,
+    window_units,
+)
 
 logger = logging.getLogger(__name__)
 
 BUILDER_VERSION = "1.0.0"
-KINDS = ("frames", "window")
 CHUNK_UNITS = 128  # samples per worker job: bounds the bytes a worker sends back at once
 QUICK_HASH_BYTES = 16 << 20
 
@@ -47,7 +60,8 @@ class BuildOptions:
     """Options that define the content of a shard set (all of them go into the manifest and the plan hash)."""
 
     kind: str = "window"
-    """``frames`` (Stage-I JPEG frames) or ``window`` (Stage-II feature windows, or text-only windows)."""
+    """A registered sample kind (``kinds.KINDS``): ``frames`` (Stage-I JPEG frames) or ``window`` (Stage-II feature
+    windows, or text-only windows)."""
     split: str = "train"
     """Split name: shard file prefix and the ``split`` field of every sample."""
     num_frames: int = 8
@@ -72,19 +86,13 @@ class BuildOptions:
     """Frame rate of the feature file."""
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        get_kind(self.kind)  # unknown: one line listing the known kinds
         if self.num_frames < 1 or self.window < 1 or self.context < 0:
             raise ValueError("num_frames and window must be >= 1 and context >= 0")
         if self.maxcount is not None and self.maxcount < 1:
             raise ValueError("maxcount must be >= 1")
         if "-" in self.split or "/" in self.split or not self.split:
             raise ValueError(f"split name must be non-empty without '-' or '/', got {self.split!r}")
-
-
-def sample_key(movie: str, ad_index: int) -> str:
-    """``{movie}__{ad_index:06d}`` with dots in the movie id replaced (WebDataset splits names at the first dot)."""
-    return f"{movie.replace('.', '_')}__{ad_index:06d}"
 
 
 def shard_name(split: str, index: int) -> str:
@@ -109,25 +117,10 @@ def file_sha256(path: str | os.PathLike, quick: bool = False) -> str:
 
 def estimate_sample_bytes(opts: BuildOptions, feature_dim: int | None) -> int:
     """Rough bytes per sample, to turn ``shard_size_mb`` into a deterministic ``maxcount``."""
-    if opts.kind == "window":
-        feats = opts.window * opts.num_frames * (feature_dim * 2 + 1) if feature_dim else 0
-        return feats + opts.window * 120 + 2048  # npy arrays + sentences/times + tar headers
-    side = opts.short_side or 224
-    return opts.num_frames * int(side * side * 16 / 9 * 0.25 + 512) + 2048  # q90 JPEG ≈ 2 bits/pixel, 16:9
+    return get_kind(opts.kind).estimate_bytes(opts, feature_dim)
 
 
 # ---------------------------------------------------------------- planning
-
-
-@dataclass
-class Unit:
-    """One sample to write: an AD (frames) or a window of ADs (window)."""
-
-    key: str
-    movie: str
-    ads: list[tuple[int, float, float, str]]  # (ad_index, start, end, sentence)
-    context: list[str] = field(default_factory=list)
-    window_index: int = 0
 
 
 @dataclass
@@ -140,23 +133,6 @@ class Plan:
     feature_dim: int | None
 
 
-def window_units(movie: str, ads: list[AD], opts: BuildOptions) -> list[Unit]:
-    units = []
-    for w, lo in enumerate(range(0, len(ads), opts.window)):
-        chunk = ads[lo : lo + opts.window]
-        context = [a.sentence for a in ads[max(0, lo - opts.context) : lo]] if opts.context else []
-        units.append(
-            Unit(
-                key=sample_key(movie, chunk[0].ad_index),
-                movie=movie,
-                ads=[(a.ad_index, a.start, a.end, a.sentence) for a in chunk],
-                context=context,
-                window_index=w,
-            )
-        )
-    return units
-
-
 def make_plan(
     by_movie: dict[str, list[AD]],
     movies: list[str],
@@ -166,45 +142,27 @@ def make_plan(
     video_dir: str | os.PathLike | None = None,
 ) -> Plan:
     """Decide every sample and its shard, deterministically, without decoding anything heavy."""
-    from distinctad.data.video import find_video, video_duration
-
-    if opts.kind == "frames" and video_dir is None:
-        raise ValueError("frames shards need videos (--videos DIR)")
+    kind = get_kind(opts.kind)
+    inputs = BuildInputs(features=features, videos=None if video_dir is None else str(video_dir))
+    check_inputs(kind, inputs)
     units: list[Unit] = []
     ad_drops: Counter = Counter()
     movie_drops: dict[str, str] = {}
     ads_per_movie: dict[str, int] = {}
     for movie in sorted(movies):
         ads = by_movie[movie]
-        if opts.kind == "frames":
-            video = find_video(video_dir, movie)
-            if video is None:
-                movie_drops[movie] = "no video file"
-                ad_drops["no video file"] += len(ads)
-                continue
-            duration = video_duration(video)
-            kept = [a for a in ads if a.start < duration]
-            ad_drops["past end of video"] += len(ads) - len(kept)
-        elif features is not None:
-            if movie not in features:
-                movie_drops[movie] = "no features"
-                ad_drops["no features"] += len(ads)
-                continue
-            n = features.num_frames(movie)
-            kept = [a for a in ads if ad_in_features(a.start, n, opts.feature_fps)]
-            ad_drops["past end of features"] += len(ads) - len(kept)
-        else:
-            kept = list(ads)
+        kept, reason = kind.select(movie, ads, opts, inputs)
+        if kept is None:
+            movie_drops[movie] = reason
+            ad_drops[reason] += len(ads)
+            continue
+        if len(kept) < len(ads):
+            ad_drops[reason] += len(ads) - len(kept)
         if not kept:
             movie_drops[movie] = "no ADs left"
             continue
         ads_per_movie[movie] = len(kept)
-        if opts.kind == "frames":
-            units.extend(
-                Unit(sample_key(movie, a.ad_index), movie, [(a.ad_index, a.start, a.end, a.sentence)]) for a in kept
-            )
-        else:
-            units.extend(window_units(movie, kept, opts))
+        units.extend(kind.units(movie, kept, opts))
     feature_dim = features.dim() if features is not None else None
     maxcount = opts.maxcount or max(1, int(opts.shard_size_mb * 1e6 // estimate_sample_bytes(opts, feature_dim)))
     shards = [units[i : i + maxcount] for i in range(0, len(units), maxcount)]
@@ -216,102 +174,33 @@ def make_plan(
 _WORKER: dict = {}
 
 
-def _init_worker(features_path: str | None, video_dir: str | None, opts: dict) -> None:
+def check_inputs(kind: SampleKind, inputs: BuildInputs) -> None:
+    """Raise a one-line ``ValueError`` when ``kind`` lacks a required input."""
+    for name in kind.required_inputs:
+        if getattr(inputs, name) is None:
+            raise ValueError(f"{kind.name} shards need {name} (--{name} {INPUTS[name]})")
+
+
+def _init_worker(features_path: str | None, video_dir: str | None, opts: BuildOptions, kind: SampleKind) -> None:
+    # The kind travels with the job (not by name): a kind registered at run time is unknown to a spawned worker.
     _WORKER.clear()
-    _WORKER["features"] = FeatureReader(features_path) if features_path else None
-    _WORKER["video_dir"] = video_dir
-    _WORKER["opts"] = BuildOptions(**opts)
-
-
-def npy_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.lib.format.write_array(buf, arr, allow_pickle=False)
-    return buf.getvalue()
-
-
-def _ad_shift(opts: BuildOptions, movie: str, ad_index: int) -> int:
-    if opts.max_shift <= 0:
-        return 0
-    digest = hashlib.sha256(f"{opts.shift_seed}|{movie}|{ad_index}".encode()).digest()
-    return digest[0] % (opts.max_shift + 1)
-
-
-def window_meta(unit: Unit, split: str) -> dict:
-    """The ``json`` member of a window sample (data contract: N sentences, times, K previous ADs as context)."""
-    return {
-        "movie": unit.movie,
-        "split": split,
-        "window_index": unit.window_index,
-        "ad_index": [a[0] for a in unit.ads],
-        "sentence": [a[3] for a in unit.ads],
-        "start": [a[1] for a in unit.ads],
-        "end": [a[2] for a in unit.ads],
-        "context": unit.context,
-        "num_valid": len(unit.ads),
-    }
-
-
-def _encode_window(unit: Unit, opts: BuildOptions, features: FeatureReader | None) -> dict:
-    meta = window_meta(unit, opts.split)
-    sample = {"__key__": unit.key, "json": json.dumps(meta, ensure_ascii=False).encode("utf-8")}
-    if features is not None:
-        feats = np.zeros((opts.window, opts.num_frames, features.dim()), np.float16)  # (N, T, D)
-        mask = np.zeros((opts.window, opts.num_frames), bool)  # (N, T)
-        for i, (ad_index, start, end, _) in enumerate(unit.ads):
-            shift = _ad_shift(opts, unit.movie, ad_index)
-            feats[i] = features.clip(unit.movie, start, end, opts.num_frames, shift=shift)
-            mask[i] = True
-        sample["feats.npy"] = npy_bytes(feats)
-        sample["mask.npy"] = npy_bytes(mask)
-    return sample
-
-
-def _encode_frames(unit: Unit, opts: BuildOptions, reader) -> dict:
-    from distinctad.data.video import encode_jpeg
-
-    ad_index, start, end, sentence = unit.ads[0]
-    images = reader.clip(start, end, opts.num_frames)
-    meta = {
-        "movie": unit.movie,
-        "ad_index": ad_index,
-        "start": start,
-        "end": end,
-        "sentence": sentence,
-        "split": opts.split,
-    }
-    sample = {
-        "__key__": unit.key,
-        "json": json.dumps(meta, ensure_ascii=False).encode("utf-8"),
-        "txt": sentence.encode("utf-8"),
-    }
-    for i, img in enumerate(images):
-        sample[f"{i:02d}.jpg"] = encode_jpeg(img, opts.jpeg_quality)
-    return sample
+    _WORKER["inputs"] = BuildInputs(features=FeatureReader(features_path) if features_path else None, videos=video_dir)
+    _WORKER["opts"] = opts
+    _WORKER["kind"] = kind
 
 
 def _encode_job(job: tuple[int, list[Unit]]) -> tuple[int, list[dict], Counter, int]:
     """Encode one chunk of one movie; clips that fail to decode are dropped and counted, never fatal."""
-    from distinctad.data.video import VideoClipReader, find_video
-
     shard_index, units = job
-    opts: BuildOptions = _WORKER["opts"]
+    kind: SampleKind = _WORKER["kind"]
     out, drops = [], Counter()
-    reader = None
-    try:
-        if opts.kind == "frames":
-            reader = VideoClipReader(find_video(_WORKER["video_dir"], units[0].movie), opts.short_side)
+    with kind.encoder(units[0].movie, _WORKER["opts"], _WORKER["inputs"]) as encode:
         for unit in units:
             try:
-                if opts.kind == "frames":
-                    out.append(_encode_frames(unit, opts, reader))
-                else:
-                    out.append(_encode_window(unit, opts, _WORKER["features"]))
+                out.append(encode(unit))
             except Exception as e:  # a broken clip must not kill a multi-hour build
                 logger.warning("%s: cannot encode sample (%s: %s); dropped", unit.key, type(e).__name__, e)
                 drops["decode error"] += len(unit.ads)
-    finally:
-        if reader is not None:
-            reader.close()
     return shard_index, out, drops, len(units)
 
 
@@ -405,6 +294,7 @@ def build_shards(
     Returns:
         A :class:`BuildResult` with the manifest, the shards built and skipped, and the printed summary table.
     """
+    kind = get_kind(opts.kind)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     movies = sorted(by_movie) if movies is None else sorted(movies)
@@ -449,7 +339,8 @@ def build_shards(
         "split": opts.split,
         "options": asdict(opts),
         "feature_dim": plan.feature_dim,
-        "text_only": opts.kind == "window" and features is None,
+        # samples made of annotation text alone (e.g. window shards built without --features)
+        "text_only": all({"features": features, "videos": video_dir}[name] is None for name in kind.inputs),
         "sources": sources,
         "plan_hash": plan_hash,
         "movies": sorted(plan.ads_per_movie),
@@ -472,7 +363,7 @@ def build_shards(
 
     jobs = [job for i in todo for job in _jobs_for_shard(i, plan.shards[i])]
     remaining = Counter(i for i, _ in jobs)
-    init_args = (str(features_path) if features_path else None, str(video_dir) if video_dir else None, asdict(opts))
+    init_args = (str(features_path) if features_path else None, str(video_dir) if video_dir else None, opts, kind)
     pool = None
     if workers > 0 and jobs:
         pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=init_args)
@@ -498,7 +389,7 @@ def build_shards(
             for sample in samples:
                 writer.write(sample)
                 meta = json.loads(sample["json"])
-                shard_stats["ads"] += len(meta["sentence"]) if opts.kind == "window" else 1
+                shard_stats["ads"] += kind.num_ads(meta)
                 if meta["movie"] not in shard_stats["movies"]:
                     shard_stats["movies"].append(meta["movie"])
             shard_stats["samples"] += len(samples)

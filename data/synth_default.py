@@ -12,6 +12,7 @@ import shlex
 from pathlib import Path
 
 from distinctad.data import cli
+from distinctad.data.kinds import get_kind
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +27,17 @@ def run_shards_command(args: list[str]) -> None:
         raise RuntimeError(f"distinctad-shards {args[0]} failed (exit {rc})")
 
 
-def ensure_synthmad(root: str | Path, *, kinds: tuple[str, ...] = ("window",), movies: int = 4,
-                    ads_per_movie: int = 48, seed: int = 0, feature_dim: int = 512, maxcount: int = 2,
-                    progress: bool = False) -> dict[str, str]:
+def ensure_synthmad(
+    root: str | Path,
+    *,
+    kinds: tuple[str, ...] = ("window",),
+    movies: int = 4,
+    ads_per_movie: int = 48,
+    seed: int = 0,
+    feature_dim: int = 512,
+    maxcount: int = 2,
+    progress: bool = False,
+) -> dict[str, str]:
     """SynthMAD under ``root`` with shards of ``kinds``; returns ``{"<kind>-<split>": shard_dir}``.
 
     ``maxcount`` is small so that even the tiny default has several shards per split (training needs at least
@@ -36,20 +45,51 @@ def ensure_synthmad(root: str | Path, *, kinds: tuple[str, ...] = ("window",), m
     """
     root = Path(root)
     synth = root / "synth"
-    need_videos = "frames" in kinds
+    inputs = {"features": synth / "features.h5", "videos": synth / "videos"}  # what each kind may read
+    need_videos = any("videos" in get_kind(kind).inputs for kind in kinds)
     if not (synth / "annotations.json").is_file() or (need_videos and not (synth / "videos").is_dir()):
-        run_shards_command(["synth", "--out", str(synth), "--movies", str(movies), "--ads-per-movie",
-                            str(ads_per_movie), "--seed", str(seed), "--features", "--feature-dim", str(feature_dim),
-                            *(["--videos"] if need_videos else [])])
+        run_shards_command(
+            [
+                "synth",
+                "--out",
+                str(synth),
+                "--movies",
+                str(movies),
+                "--ads-per-movie",
+                str(ads_per_movie),
+                "--seed",
+                str(seed),
+                "--features",
+                "--feature-dim",
+                str(feature_dim),
+                *(["--videos"] if need_videos else []),
+            ]
+        )
     out: dict[str, str] = {}
     for kind in kinds:
         for split, key in SPLITS.items():
             shard_dir = root / "shards" / f"{kind}-{split}"
-            source = ["--features", str(synth / "features.h5")] if kind == "window" else \
-                ["--videos", str(synth / "videos")]
-            run_shards_command(["build", "--annotations", str(synth / "annotations.json"), *source, "--kind", kind,
-                                "--split", split, "--split-file", str(synth / "splits.json"), "--split-key", key,
-                                "--maxcount", str(maxcount), "--out", str(shard_dir),
-                                *([] if progress else ["--no-progress"])])
+            source = [arg for name in get_kind(kind).inputs for arg in (f"--{name}", str(inputs[name]))]
+            run_shards_command(
+                [
+                    "build",
+                    "--annotations",
+                    str(synth / "annotations.json"),
+                    *source,
+                    "--kind",
+                    kind,
+                    "--split",
+                    split,
+                    "--split-file",
+                    str(synth / "splits.json"),
+                    "--split-key",
+                    key,
+                    "--maxcount",
+                    str(maxcount),
+                    "--out",
+                    str(shard_dir),
+                    *([] if progress else ["--no-progress"]),
+                ]
+            )
             out[f"{kind}-{split}"] = str(shard_dir)
     return out

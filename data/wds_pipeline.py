@@ -33,7 +33,7 @@ import multiprocessing as mp
 import os
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,13 +42,13 @@ import webdataset as wds
 from PIL import Image
 
 from distinctad.common import warn_once
+from distinctad.data.kinds import ReadOptions, SampleKind, get_kind
 
 logger = logging.getLogger(__name__)
 
 # Buffer sizes, overridable by environment (tests use tiny buffers), as open_clip's constants.
 _SAMPLE_SHUFFLE_SIZE = int(os.environ.get("DISTINCTAD_SAMPLE_SHUFFLE_SIZE", 1000))
 _SAMPLE_SHUFFLE_INITIAL = int(os.environ.get("DISTINCTAD_SAMPLE_SHUFFLE_INITIAL", 200))
-SAFE_EXTENSIONS = ("json", "txt", "npy", "jpg")
 UNSAFE_EXTENSIONS = ("pyd", "pickle", "pkl", "pth", "pt", "ckpt", "npz", "mp", "msgpack")
 _LOG_FIRST, _LOG_EVERY = 10, 1000
 _GOPEN_BUFFER = 1 << 20
@@ -169,25 +169,12 @@ def iter_tar_samples(path: str, handler: Callable[[Exception], bool] | None = No
     return iter(pipeline)
 
 
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    """Default frame preprocess: centre square crop (short side) → float tensor (3, S, S) in [0, 1].
-
-    The crop makes frames of differently shaped videos stackable; real training passes open_clip's preprocess.
-    """
-    w, h = img.size
-    s = min(w, h)
-    img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
-
-
 @dataclass
 class _Decoder:
     """Decodes and validates one sample of a kind (runs in the loader workers)."""
 
-    kind: str
-    window: int
-    num_frames: int
-    preprocess: Callable | None
+    kind: SampleKind
+    read: ReadOptions
     unsafe: SharedValue
     skip_empty_ads: bool = False
 
@@ -206,22 +193,7 @@ class _Decoder:
             sentences = meta.get("sentence")
             if any(not str(x).strip() for x in (sentences if isinstance(sentences, list) else [sentences])):
                 raise ValueError(f"{key}: empty AD sentence (sample skipped in training)")
-        if self.kind == "window":
-            n = int(meta["num_valid"])
-            if not (1 <= n <= self.window) or len(meta["sentence"]) != n or len(meta["ad_index"]) != n:
-                raise ValueError(f"{key}: window json inconsistent (num_valid={n}, window={self.window})")
-            out = {"key": key, "meta": meta, "feats": None, "mask": None}
-            if "feats.npy" in s:
-                feats, mask = s["feats.npy"], s.get("mask.npy")
-                if feats.ndim != 3 or feats.shape[0] != self.window or mask is None or mask.shape != feats.shape[:2]:
-                    raise ValueError(f"{key}: feats/mask shapes {feats.shape} / {getattr(mask, 'shape', None)}")
-                out["feats"], out["mask"] = feats, mask.astype(bool)
-            return out
-        frames = [s.get(f"{i:02d}.jpg") for i in range(self.num_frames)]
-        if any(f is None for f in frames):
-            raise ValueError(f"{key}: expected {self.num_frames} frames 00.jpg..{self.num_frames - 1:02d}.jpg")
-        pre = self.preprocess or to_tensor
-        return {"key": key, "meta": meta, "images": torch.stack([pre(f) for f in frames])}  # (T, 3, H, W)
+        return {"key": key, "meta": meta, **self.kind.decode(s, meta, key, self.read)}
 
 
 # ---------------------------------------------------------------- collation
@@ -272,85 +244,20 @@ def _to_torch(batches: Iterator[dict]) -> Iterator[dict]:
 class _Collate:
     """Collates decoded samples (and padding markers) into the batch dicts of the data contract.
 
-    Runs in the loader workers; the small arrays stay numpy until :func:`_to_torch` in the main process.
+    Runs in the loader workers: the kind builds the batch, padding rows given as ``None``; its tensors then cross
+    as shared memory or numpy (:func:`_sendable`), and the small arrays stay numpy until :func:`_to_torch`.
     """
 
-    kind: str
-    window: int
-    num_frames: int
-    feature_dim: int | None
-    pad_image: torch.Tensor | None = None  # (T, 3, H, W) zeros, learnt from the first real frames sample
+    kind: SampleKind
+    read: ReadOptions
+    state: dict = field(default_factory=dict)  # the kind's, kept across this worker's batches
 
     def __call__(self, samples: list[dict]) -> dict:
-        valid = np.array(["__pad__" not in s for s in samples])
-        return self._window(samples, valid) if self.kind == "window" else self._frames(samples, valid)
-
-    def _window(self, samples: list[dict], valid: np.ndarray) -> dict:
-        B, N = len(samples), self.window
-        real = [s for s in samples if "__pad__" not in s]
-        with_feats = [s for s in real if s["feats"] is not None]
-        if with_feats:
-            T, D = with_feats[0]["feats"].shape[1:]
-        elif not real and self.feature_dim:
-            T, D = self.num_frames, self.feature_dim
-        else:
-            T, D = 0, 0
-        # Filled in numpy through a view (per-row torch indexing costs more than the copy itself); uninitialised,
-        # so rows without features are zeroed below. float16 as stored; the model casts on its device.
-        feats_t = _batch_tensor((B, N, T, D), torch.float16) if D else None  # (B, N, T, D)
-        feats = feats_t.numpy() if D else None
-        frame_mask = np.zeros((B, N, T), bool)  # (B, N, T)
-        clip_mask = np.zeros((B, N), bool)  # (B, N)
-        ad_index = np.full((B, N), -1, np.int64)  # (B, N)
-        sentences, context, movie, key = [], [], [], []
-        for b, s in enumerate(samples):
-            if feats is not None and ("__pad__" in s or s["feats"] is None):
-                feats[b] = 0
-            if "__pad__" in s:
-                sentences.append([""] * N)
-                context.append([])
-                movie.append("")
-                key.append("")
-                continue
-            meta = s["meta"]
-            n = int(meta["num_valid"])
-            clip_mask[b, :n] = True
-            ad_index[b, :n] = meta["ad_index"]
-            sentences.append(list(meta["sentence"]) + [""] * (N - n))
-            context.append(list(meta.get("context", [])))
-            movie.append(meta["movie"])
-            key.append(s["key"])
-            if feats is not None and s["feats"] is not None:
-                feats[b] = s["feats"]
-                frame_mask[b] = s["mask"]
-        return {
-            "feats": _sendable(feats_t) if feats_t is not None else None,
-            "frame_mask": frame_mask,
-            "clip_mask": clip_mask,
-            "sentences": sentences,
-            "context": context,
-            "movie": movie,
-            "ad_index": ad_index,
-            "key": key,
-            "valid": valid,
-        }
-
-    def _frames(self, samples: list[dict], valid: np.ndarray) -> dict:
-        real = [s for s in samples if "__pad__" not in s]
-        if real:
-            self.pad_image = torch.zeros_like(real[0]["images"])
-        if self.pad_image is None:
-            raise RuntimeError("a frames batch made only of padding before any real sample: image size unknown")
-        rows = [self.pad_image if "__pad__" in s else s["images"] for s in samples]
-        images = torch.stack(rows, out=_batch_tensor((len(rows), *rows[0].shape), rows[0].dtype))  # (B,T,3,H,W)
-        return {
-            "images": _sendable(images),
-            "sentence": ["" if "__pad__" in s else s["meta"]["sentence"] for s in samples],
-            "movie": ["" if "__pad__" in s else s["meta"]["movie"] for s in samples],
-            "ad_index": np.array([-1 if "__pad__" in s else int(s["meta"]["ad_index"]) for s in samples], np.int64),
-            "key": ["" if "__pad__" in s else s["key"] for s in samples],
-            "valid": valid,
-        }
+        rows = [None if "__pad__" in s else s for s in samples]
+        batch = self.kind.collate(rows, self.read, self.state, _batch_tensor)
+        batch = {k: _sendable(v) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        batch["valid"] = np.array([s is not None for s in rows])
+        return batch
 
 
 # ---------------------------------------------------------------- shard lists, splitting, epochs
@@ -577,11 +484,11 @@ def get_wds_loader(
     rank: int | None = None,
     world_size: int | None = None,
 ) -> DataInfo:
-    """Build the streaming loader of window or frames shards.
+    """Build the streaming loader of window or frames shards (or any kind registered in ``kinds.KINDS``).
 
     Args:
         shards: shard paths, a folder of shards, or a brace pattern.
-        kind: ``"window"`` (Stage-II / eval) or ``"frames"`` (Stage-I).
+        kind: ``"window"`` (Stage-II / eval), ``"frames"`` (Stage-I), or another registered kind.
         batch_size: per-rank batch size.
         is_train: training (shuffled, repeated, full batches, same count per rank) or eval (in order, each
             sample once).
@@ -590,7 +497,7 @@ def get_wds_loader(
         seed: shuffling seed; epochs and resumption are deterministic functions of (seed, epoch).
         epoch: the first epoch (``DataInfo.set_epoch`` changes it).
         preprocess: frames only: callable applied to each PIL frame (e.g. open_clip's preprocess); default
-            converts to a float tensor in [0, 1].
+            ``kinds.to_tensor``, a float tensor in [0, 1].
         num_samples: training epoch size in samples (default: sum of ``sizes.json`` of the shards).
         pad_eval: eval only: pad so every rank gets the same number of full batches (padding marked by
             ``valid=False``); ``False`` yields partial batches and unequal counts (single-process eval).
@@ -602,8 +509,7 @@ def get_wds_loader(
     Returns:
         A :class:`DataInfo`.
     """
-    if kind not in ("window", "frames"):
-        raise ValueError(f"kind must be 'window' or 'frames', got {kind!r}")
+    sample_kind = get_kind(kind)  # unknown: one line listing the known kinds
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     urls = expand_shards(shards)
@@ -624,8 +530,9 @@ def get_wds_loader(
     skipped, unsafe = SharedValue(0), SharedValue(0)
     placement = _Placement(rank, world, shared_epoch, shared_skip)
     handler = CountingHandler(skipped, "sample")
-    decoder = _Decoder(kind, window, num_frames, preprocess, unsafe, skip_empty_ads=is_train)
-    collate = _Collate(kind, window, num_frames, info.get("feature_dim"))
+    read = ReadOptions(window=window, num_frames=num_frames, feature_dim=info.get("feature_dim"), preprocess=preprocess)
+    decoder = _Decoder(sample_kind, read, unsafe, skip_empty_ads=is_train)
+    collate = _Collate(sample_kind, read)
 
     if is_train:
         if not resampled and len(urls) < workers * world:
