@@ -9,7 +9,6 @@ import h5py
 import numpy as np
 
 FEATURE_FPS = 5.0  # MAD features are extracted at 5 frames per second
-MAX_TRAIN_SHIFT = 4  # AutoAD-II jitters the sampled frames by up to 4 frames during training
 
 
 def clip_frame_range(start: float, end: float, num_frames: int, fps: float = FEATURE_FPS) -> tuple[int, int]:
@@ -86,10 +85,6 @@ class FeatureReader:
     def __getstate__(self) -> dict:
         return {"path": self.path, "fps": self.fps, "_h5": None, "_pid": None}
 
-    def movies(self) -> list[str]:
-        """Movie ids present in the file."""
-        return sorted(self._file().keys())
-
     def __contains__(self, movie: str) -> bool:
         return movie in self._file()
 
@@ -102,10 +97,6 @@ class FeatureReader:
         f = self._file()
         first = next(iter(f.keys()))
         return int(f[first].shape[1])
-
-    def movie(self, movie: str) -> np.ndarray:
-        """All frames of ``movie`` as float32 (frames, D)."""
-        return np.asarray(self._file()[movie][()], dtype=np.float32)
 
     def clip(self, movie: str, start: float, end: float, t: int = 8, shift: int = 0) -> np.ndarray:
         """The ``t`` sampled frame features of one AD, float32 (t, D)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import av
@@ -109,12 +108,3 @@ class VideoClipReader:
         if any(p is None for p in picked):
             raise ValueError(f"{self.path}: no frames decoded for clip [{start:.3f}, {end:.3f}]")
         return [resize_short_side(p.to_image(), self.short_side) for p in picked]
-
-
-def read_clips(
-    path: str | os.PathLike, spans: Iterable[tuple[float, float]], t: int = 8, short_side: int | None = 224
-) -> Iterator[list[Image.Image]]:
-    """Frames of each (start, end) span of one video, in order (a convenience around :class:`VideoClipReader`)."""
-    with VideoClipReader(path, short_side) as reader:
-        for start, end in spans:
-            yield reader.clip(start, end, t)
