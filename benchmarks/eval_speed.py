@@ -4,7 +4,7 @@ Predictions are a deterministic perturbation of the ground truth: every other AD
 of the next AD of its movie (the previous one for a movie's last AD), so scores are neither 0 nor 100 and
 R@k/N has real misses.
 
-    python benchmarks/eval_speed.py [--gt ../shared/data/madeval_anno.csv]
+    python benchmarks/eval_speed.py [--gt data/assets/madeval_anno.csv]
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import logging
 import time
 
 from distinctad.common import init_logger
+from distinctad.data import ASSETS
 from distinctad.data.annotations import read_annotations
 from distinctad.eval import evaluate
 
-DEFAULT_GT = "/work/shared/data/madeval_anno.csv"
+DEFAULT_GT = ASSETS / "madeval_anno.csv"  # shipped with the package
 
 
 def perturbed_predictions(ads) -> list[dict]:
@@ -35,14 +36,14 @@ def perturbed_predictions(ads) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description="Time distinctad.eval on MAD-Eval with the lexical backend.")
-    p.add_argument("--gt", default=DEFAULT_GT, help="Ground-truth annotation CSV (MAD-Eval).")
+    p.add_argument("--gt", default=str(DEFAULT_GT), help="Ground-truth annotation CSV (default: the shipped MAD-Eval).")
     p.add_argument("--metrics", default="bleu,meteor,rouge,cider", help="Comma-separated caption metrics.")
     p.add_argument("--recall-k", type=int, nargs="+", default=[1, 5], help="k values for R@k/N.")
     args = p.parse_args(argv)
     init_logger(logging.WARNING)
 
     t0 = time.perf_counter()
-    anns = read_annotations(args.gt, bad_utf8="repair")
+    anns = read_annotations(args.gt)  # the default bad-UTF-8 policy, as distinctad-eval
     preds = perturbed_predictions(anns.ads)
     t_read = time.perf_counter() - t0
     result = evaluate(

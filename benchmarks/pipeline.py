@@ -1,6 +1,6 @@
 """Wall time of each step of the quick start, and where the training jobs spend it (data, forward/backward, eval).
 
-    python benchmarks/pipeline.py [--work /tmp/distinctad-bench] [quickstart options, e.g. --stage2-steps 300]
+    python benchmarks/pipeline.py [--work work/bench-pipeline] [quickstart options, e.g. --stage2-steps 300]
 
 Runs ``launch/quickstart.sh --fresh`` in its own folder, then prints one row per step (wall seconds, share of the
 total) and, for every training job, the split its ``summary.json`` records: waiting for data, forward + backward +
@@ -23,14 +23,26 @@ STEP = re.compile(r"^  (.+?)\s+([0-9.]+) s  (ran|reused)$")
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work", default="/tmp/distinctad-bench", help="Folder to run the quick start in.")
+    p.add_argument("--work", default="work/bench-pipeline", help="Folder to run the quick start in.")
     args, rest = p.parse_known_args(argv)
-    work = Path(args.work)
+    work = Path(args.work).resolve()  # the quick start runs inside it (cwd=work)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    proc = subprocess.run(["bash", str(REPO / "launch/quickstart.sh"), "--work", str(work / "qs"), "--fresh",
-                           "--tracking-uri", f"sqlite:///{work}/mlflow.db", *rest], cwd=work, capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [
+            "bash",
+            str(REPO / "launch/quickstart.sh"),
+            "--work",
+            str(work / "qs"),
+            "--fresh",
+            "--tracking-uri",
+            f"sqlite:///{work}/mlflow.db",
+            *rest,
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - t0
     if proc.returncode:
         sys.exit(f"error: the quick start failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -45,8 +57,10 @@ def main(argv: list[str] | None = None) -> None:
         s = json.loads(summary.read_text())
         t = {k: s.get(f"time/{k}_s", 0.0) for k in ("wall", "data", "step", "eval", "ckpt")}
         other = max(0.0, t["wall"] - t["data"] - t["step"] - t["eval"] - t["ckpt"])
-        print(f"{summary.parent.name:<22} {t['wall']:6.1f} {t['data']:6.1f} {t['step']:11.1f} {t['eval']:6.1f} "
-              f"{t['ckpt']:6.1f} {other:6.1f}")
+        print(
+            f"{summary.parent.name:<22} {t['wall']:6.1f} {t['data']:6.1f} {t['step']:11.1f} {t['eval']:6.1f} "
+            f"{t['ckpt']:6.1f} {other:6.1f}"
+        )
     print("\n(job wall = inside fit(); the step's seconds above also include process start-up and imports)")
 
 

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from distinctad.data import ASSETS
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = ASSETS  # old name of the real-data folder, still imported by tests/recon/conftest.py; use ASSETS
 
 
 @pytest.fixture
@@ -47,8 +49,9 @@ def run_cmd(cmd: list[str], cwd: Path, timeout: int = 300, env: dict | None = No
     full_env.pop("MLFLOW_TRACKING_URI", None) if env is None or "MLFLOW_TRACKING_URI" not in env else None
     proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} exited {proc.returncode}:\n{proc.stdout[-4000:]}\n"
-                             f"{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"{' '.join(map(str, cmd))} exited {proc.returncode}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 

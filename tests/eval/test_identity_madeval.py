@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
+from distinctad.data import ASSETS
 from distinctad.data.annotations import read_annotations
 from distinctad.eval import evaluate
 
-MADEVAL = Path("/work/shared/data/madeval_anno.csv")
-pytestmark = [
-    pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap needs Java"),
-    pytest.mark.skipif(not MADEVAL.is_file(), reason="MAD-Eval annotation not available"),
-]
+MADEVAL = ASSETS / "madeval_anno.csv"
+pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap needs Java")
 
 
 @pytest.fixture(scope="module")
