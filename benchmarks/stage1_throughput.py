@@ -14,46 +14,19 @@ import argparse
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
 
 import torch
 
 from distinctad.common import init_logger
 from distinctad.train.models.clip_ad import CLIPAD, TINY_MODEL, build_clip_ad
 from distinctad.train.stage1.config import Stage1LossConfig
-from distinctad.train.stage1.losses import Stage1Loss
+from distinctad.train.stage1.losses import Stage1Loss, make_step
 
 logger = logging.getLogger(__name__)
 
 _NAMES = ["Ana", "Bob", "The old man", "A girl", "Tom", "She", "He"]
 _ACTIONS = ["opens the red door", "looks out of the window", "drives away in a blue car", "smiles at Bob",
             "picks up a letter", "runs down the dark street", "sits on the bed"]
-
-
-def make_step(model: CLIPAD, loss_fn: Stage1Loss, optimizer: torch.optim.Optimizer,
-              autocast_dtype: torch.dtype | None = None) -> Callable[[torch.Tensor, Sequence[str]], dict]:
-    """A plain-PyTorch Stage-I training step: forward, loss, backward, optimizer step.
-
-    Args:
-        model: the CLIP-AD being trained.
-        loss_fn: Stage-I loss.
-        optimizer: over ``model``'s trainable parameters.
-        autocast_dtype: e.g. ``torch.bfloat16`` for mixed precision, None for full precision.
-
-    Returns:
-        ``step(images (B, T, 3, H, W), texts) -> {"loss", "global_loss", "mil_loss"}`` (detached tensors).
-    """
-
-    def step(images: torch.Tensor, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        device_type = images.device.type
-        with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            out = loss_fn(**model(images, texts))
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimizer.step()
-        return {k: v.detach() for k, v in out.items()}
-
-    return step
 
 
 def random_batch(model: CLIPAD, batch_size: int, frames: int, device: str, seed: int = 0):
@@ -120,7 +93,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"stage1 step  model={args.model} device={args.device} bf16={args.bf16} B={args.batch_size} "
           f"T={args.frames} trainable={n_train / 1e6:.2f}M: {result['clips_per_s']:.1f} clips/s "
-          f"({result['ms_per_step']:.1f} ms/step)")
+          f"({result['ms_per_step']:.1f} ms/step); loss first {result['loss_first']:.4f} "
+          f"last {result['loss_last']:.4f}")
     if args.device.startswith("cuda"):
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
     return result

@@ -10,6 +10,7 @@ full-batch ones. Local batch sizes must be equal on all ranks (as for ``ClipLoss
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -133,3 +134,29 @@ class Stage1Loss(nn.Module):
                 # over ranks) so both terms keep the "world_size x full-batch gradient" contract.
                 mil = torch.distributed.nn.all_reduce(mil) / self.world_size
         return dict(loss=global_loss + self.cfg.lambda_mil * mil, global_loss=global_loss, mil_loss=mil)
+
+
+def make_step(model: nn.Module, loss_fn: Stage1Loss, optimizer: torch.optim.Optimizer,
+              autocast_dtype: torch.dtype | None = None) -> Callable[[torch.Tensor, Sequence[str]], dict]:
+    """A plain-PyTorch Stage-I training step: forward, loss, backward, optimizer step.
+
+    Args:
+        model: the CLIP-AD being trained.
+        loss_fn: Stage-I loss.
+        optimizer: over ``model``'s trainable parameters.
+        autocast_dtype: e.g. ``torch.bfloat16`` for mixed precision, None for full precision.
+
+    Returns:
+        ``step(images (B, T, 3, H, W), texts) -> {"loss", "global_loss", "mil_loss"}`` (detached tensors).
+    """
+
+    def step(images: torch.Tensor, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        device_type = images.device.type
+        with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            out = loss_fn(**model(images, texts))
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        optimizer.step()
+        return {k: v.detach() for k, v in out.items()}
+
+    return step
