@@ -61,8 +61,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = [("plain PyTorch", plain(_copy(base), x, y, args.steps, train))]
     for stage in (int(s) for s in args.stages.split(",")):
         rows.append((f"DeepSpeed ZeRO-{stage}", engine_loop(_copy(base), x, y, args.steps, train, stage)))
-    print(f"\nengine overhead: MLP {nparams / 1e6:.2f}M params, batch {args.batch}, {args.steps} steps, "
-          f"{torch.get_num_threads()} threads, device cpu")
+    print(
+        f"\nengine overhead: MLP {nparams / 1e6:.2f}M params, batch {args.batch}, {args.steps} steps, "
+        f"{torch.get_num_threads()} threads, device cpu"
+    )
     print(f"{'loop':<18} {'steps/s':>9} {'vs plain':>9}")
     for name, sps in rows:
         print(f"{name:<18} {sps:>9.1f} {sps / rows[0][1]:>8.2f}x")

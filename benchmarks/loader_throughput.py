@@ -49,8 +49,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--feature-dim", type=int, default=512, help="Feature width D.")
     parser.add_argument("--maxcount", type=int, default=16, help="Windows per shard.")
     parser.add_argument("--batch-size", type=int, default=8, help="Reader batch size.")
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2],
-                        help="Reader DataLoader worker counts to time (one reader each).")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="Reader DataLoader worker counts to time (one reader each).",
+    )
     parser.add_argument("--build-workers", type=int, default=0, help="Builder encoding processes.")
     parser.add_argument("--epochs", type=int, default=2, help="Reader epochs timed (the first includes startup).")
     parser.add_argument("--dir", default=None, help="Work folder (default: a temporary one).")
@@ -96,8 +101,10 @@ def main(argv: list[str] | None = None) -> None:
 
         raw_n, raw_bytes, raw_s = min((raw_tar_read(shards) for _ in range(3)), key=lambda r: r[2])
         raw_rate = raw_n / raw_s
-        print(f"raw tar read (random access): {raw_n} samples, {raw_bytes / 1e6:.1f} MB in {raw_s:.3f} s = "
-              f"{raw_rate:.0f} samples/s")
+        print(
+            f"raw tar read (random access): {raw_n} samples, {raw_bytes / 1e6:.1f} MB in {raw_s:.3f} s = "
+            f"{raw_rate:.0f} samples/s"
+        )
         stream_s = min(raw_tar_read(shards, "r|*")[2] for _ in range(3))
         stream_rate = raw_n / stream_s
         print(f"raw tar read (stream mode):   {raw_n} samples in {stream_s:.3f} s = {stream_rate:.0f} samples/s")
@@ -118,11 +125,14 @@ def main(argv: list[str] | None = None) -> None:
             best = max(best, reader_rate)
             print(
                 f"reader, {workers} workers: {args.epochs} epochs of {n} windows (batch {args.batch_size}); "
-                "samples/s per epoch: " + ", ".join(f"{r:.0f}" for r in rates)
+                "samples/s per epoch: "
+                + ", ".join(f"{r:.0f}" for r in rates)
                 + f"; ratio {reader_rate / raw_rate:.2f} (vs stream mode {reader_rate / stream_rate:.2f})"
             )
-        print(f"best reader / raw random-access read = {best / raw_rate:.2f} (target >= 0.5); "
-              f"vs raw stream-mode read {best / stream_rate:.2f}")
+        print(
+            f"best reader / raw random-access read = {best / raw_rate:.2f} (target >= 0.5); "
+            f"vs raw stream-mode read {best / stream_rate:.2f}"
+        )
 
 
 if __name__ == "__main__":

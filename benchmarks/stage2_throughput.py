@@ -42,13 +42,25 @@ def make_batch(B: int, N: int, T: int, D: int, seed: int = 0) -> dict:
     rng = random.Random(seed)
     names, verbs = ["Ana", "Ben", "Cleo", "Dev"], ["opens", "carries", "drops", "paints"]
     objs, places = ["red door", "blue cup", "green box", "old letter"], ["kitchen", "garden", "street"]
-    sent = [[f"{rng.choice(names)} {rng.choice(verbs)} the {rng.choice(objs)} in the {rng.choice(places)}."
-             for _ in range(N)] for _ in range(B)]
+    sent = [
+        [
+            f"{rng.choice(names)} {rng.choice(verbs)} the {rng.choice(objs)} in the {rng.choice(places)}."
+            for _ in range(N)
+        ]
+        for _ in range(B)
+    ]
     g = torch.Generator().manual_seed(seed)
-    return dict(feats=torch.randn(B, N, T, D, generator=g), frame_mask=torch.ones(B, N, T, dtype=torch.bool),
-                clip_mask=torch.ones(B, N, dtype=torch.bool), sentences=sent, context=[sent[b][:3] for b in range(B)],
-                movie=[f"m{b}" for b in range(B)], ad_index=torch.arange(N).repeat(B, 1), key=[""] * B,
-                valid=torch.ones(B, dtype=torch.bool))
+    return dict(
+        feats=torch.randn(B, N, T, D, generator=g),
+        frame_mask=torch.ones(B, N, T, dtype=torch.bool),
+        clip_mask=torch.ones(B, N, dtype=torch.bool),
+        sentences=sent,
+        context=[sent[b][:3] for b in range(B)],
+        movie=[f"m{b}" for b in range(B)],
+        ad_index=torch.arange(N).repeat(B, 1),
+        key=[""] * B,
+        valid=torch.ones(B, dtype=torch.bool),
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -63,13 +75,27 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tok = train_bpe_tokenizer([s for w in batch["sentences"] for s in w] * 20, 500, tmp)
     llm_name = "tiny-gpt2" if args.llm == "gpt2-124m" else args.llm
-    cfg = CaptionerConfig(llm=llm_name, feature_dim=args.feature_dim, d_model=args.d_model, num_latents=args.latents,
-                          perceiver_heads=4, num_bases=args.bases, alpha_path=True,
-                          beta_path=True, lambda_dist=0.1)
+    cfg = CaptionerConfig(
+        llm=llm_name,
+        feature_dim=args.feature_dim,
+        d_model=args.d_model,
+        num_latents=args.latents,
+        perceiver_heads=4,
+        num_bases=args.bases,
+        alpha_path=True,
+        beta_path=True,
+        lambda_dist=0.1,
+    )
     llm = None
     if args.llm == "gpt2-124m":
-        llm = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), bos_token_id=tok.bos_token_id,
-                                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+        llm = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=len(tok),
+                bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+            )
+        )
     model = DistinctADCaptioner(cfg, tok, llm=llm).to(args.device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     prepared = {k: v.to(args.device) for k, v in prepare_batch(batch, tok, cfg).items()}
@@ -98,14 +124,24 @@ def main(argv: list[str] | None = None) -> dict:
     if cuda:
         torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / args.steps
-    out = {"windows_per_s": args.windows / dt, "clips_per_s": args.windows * args.clips / dt,
-           "tokens_per_s": seq_tokens / dt, "ad_tokens_per_s": ad_tokens / dt, "ms_per_step": dt * 1e3,
-           "params_M": n_params / 1e6, "loss": last}
-    print(f"Stage-II step, {args.llm}, B={args.windows} N={args.clips} T={args.frames} D={args.feature_dim} "
-          f"d={args.d_model}, {n_params / 1e6:.1f}M params, {args.device}{' bf16' if args.bf16 else ''}, "
-          f"{torch.get_num_threads()} CPU threads")
-    print(f"  {out['windows_per_s']:.2f} windows/s | {out['tokens_per_s']:.0f} tokens/s (LLM sequence) | "
-          f"{out['ad_tokens_per_s']:.0f} AD tokens/s | {out['ms_per_step']:.1f} ms/step")
+    out = {
+        "windows_per_s": args.windows / dt,
+        "clips_per_s": args.windows * args.clips / dt,
+        "tokens_per_s": seq_tokens / dt,
+        "ad_tokens_per_s": ad_tokens / dt,
+        "ms_per_step": dt * 1e3,
+        "params_M": n_params / 1e6,
+        "loss": last,
+    }
+    print(
+        f"Stage-II step, {args.llm}, B={args.windows} N={args.clips} T={args.frames} D={args.feature_dim} "
+        f"d={args.d_model}, {n_params / 1e6:.1f}M params, {args.device}{' bf16' if args.bf16 else ''}, "
+        f"{torch.get_num_threads()} CPU threads"
+    )
+    print(
+        f"  {out['windows_per_s']:.2f} windows/s | {out['tokens_per_s']:.0f} tokens/s (LLM sequence) | "
+        f"{out['ad_tokens_per_s']:.0f} AD tokens/s | {out['ms_per_step']:.1f} ms/step"
+    )
     if cuda:
         out["peak_mem_GiB"] = torch.cuda.max_memory_allocated() / 2**30
         name = torch.cuda.get_device_name()

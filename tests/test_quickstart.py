@@ -12,12 +12,37 @@ pytestmark = pytest.mark.slow
 
 
 def test_quickstart_runs_end_to_end_and_reuses_finished_steps(tmp_path):
-    args = ["bash", str(REPO / "launch/quickstart.sh"), "--work", str(tmp_path / "qs"), "--movies", "3",
-            "--ads-per-movie", "32", "--stage1-steps", "8", "--stage2-steps", "12", "--configs", "A0",
-            "--num-beams", "1", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    args = [
+        "bash",
+        str(REPO / "launch/quickstart.sh"),
+        "--work",
+        str(tmp_path / "qs"),
+        "--movies",
+        "3",
+        "--ads-per-movie",
+        "32",
+        "--stage1-steps",
+        "8",
+        "--stage2-steps",
+        "12",
+        "--configs",
+        "A0",
+        "--num-beams",
+        "1",
+        "--tracking-uri",
+        f"sqlite:///{tmp_path}/mlflow.db",
+    ]
     first = run_cmd(args, cwd=tmp_path, timeout=900).stdout
-    for step in ("SynthMAD", "frames shards (train)", "Stage-I (CLIP-AD)", "extract vanilla (eval)",
-                 "extract clipad (train)", "Stage-II clipad-A0", "generate vanilla-A0", "evaluate clipad-A0"):
+    for step in (
+        "SynthMAD",
+        "frames shards (train)",
+        "Stage-I (CLIP-AD)",
+        "extract vanilla (eval)",
+        "extract clipad (train)",
+        "Stage-II clipad-A0",
+        "generate vanilla-A0",
+        "evaluate clipad-A0",
+    ):
         assert f"[{step}]  $ " in first, step
     table = (tmp_path / "qs/results/results.md").read_text()
     assert "| vanilla CLIP | A0 |" in table and "| CLIP-AD | A0 |" in table

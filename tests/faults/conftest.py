@@ -18,12 +18,12 @@ def trivial_cmd(out: Path, *extra: str, ranks: int = 1) -> list[str]:
     if ranks == 1:
         return [sys.executable, "-m", "distinctad.train.main", *args]
     ds = str(Path(sys.executable).parent / "deepspeed")
-    return [ds, "--num_gpus", str(ranks), "--master_port", str(free_port()), "--module", "distinctad.train.main",
-            *args]
+    return [ds, "--num_gpus", str(ranks), "--master_port", str(free_port()), "--module", "distinctad.train.main", *args]
 
 
-def run_failing(cmd: list[str], cwd: Path, env: dict[str, str] | None = None,
-                timeout: int = 180) -> subprocess.CompletedProcess:
+def run_failing(
+    cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 180
+) -> subprocess.CompletedProcess:
     """Run a command that is expected to fail; the timeout bounds any hang."""
     import os
 

@@ -84,11 +84,33 @@ def test_training_reader_skips_and_counts_bad_windows(bad_windows):
 def test_stage2_job_finishes_on_bad_shards_and_reports_the_count(bad_windows, tmp_path):
     bad, eval_dir, keys = bad_windows
     out = tmp_path / "run"
-    proc = run_cmd(["bash", str(REPO / "launch/stage2.sh"), str(REPO / "launch/configs/stage2.yaml"),
-                    "--tracking.enabled", "false", "--model.feature_dim", "64", "--data.train_shards", str(bad),
-                    "--data.eval_shards", str(eval_dir), "--run.out_dir", str(out), "--train.max_steps", "8",
-                    "--train.log_every", "4", "--train.ckpt_every", "0", "--eval.enabled", "false"], cwd=tmp_path,
-                   env={"DISTINCTAD_SAMPLE_SHUFFLE_SIZE": "4", "DISTINCTAD_SAMPLE_SHUFFLE_INITIAL": "2"})
+    proc = run_cmd(
+        [
+            "bash",
+            str(REPO / "launch/stage2.sh"),
+            str(REPO / "launch/configs/stage2.yaml"),
+            "--tracking.enabled",
+            "false",
+            "--model.feature_dim",
+            "64",
+            "--data.train_shards",
+            str(bad),
+            "--data.eval_shards",
+            str(eval_dir),
+            "--run.out_dir",
+            str(out),
+            "--train.max_steps",
+            "8",
+            "--train.log_every",
+            "4",
+            "--train.ckpt_every",
+            "0",
+            "--eval.enabled",
+            "false",
+        ],
+        cwd=tmp_path,
+        env={"DISTINCTAD_SAMPLE_SHUFFLE_SIZE": "4", "DISTINCTAD_SAMPLE_SHUFFLE_INITIAL": "2"},
+    )
     err = proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["finished"] and summary["step"] == 8
@@ -107,9 +129,26 @@ def test_frames_reader_skips_corrupt_jpeg_and_empty_ad(tmp_path):
     synth = tmp_path / "synth"
     write_synthmad(synth, movies=2, ads_per_movie=6, seed=3, videos=True, features=False, video_size=32)
     out = tmp_path / "frames"
-    shards_cli(["build", "--annotations", str(synth / "annotations.json"), "--videos", str(synth / "videos"),
-                "--kind", "frames", "--num-frames", "2", "--short-side", "12", "--maxcount", "4", "--out", str(out),
-                "--no-progress"])
+    shards_cli(
+        [
+            "build",
+            "--annotations",
+            str(synth / "annotations.json"),
+            "--videos",
+            str(synth / "videos"),
+            "--kind",
+            "frames",
+            "--num-frames",
+            "2",
+            "--short-side",
+            "12",
+            "--maxcount",
+            "4",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     tars = sorted(out.glob("*.tar"))
     jpeg_key, empty_key = _first_key(tars[0]), _first_key(tars[1])
 

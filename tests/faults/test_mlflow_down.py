@@ -43,10 +43,26 @@ def test_training_survives_the_mlflow_server_dying_mid_run(tmp_path):
     url = f"http://127.0.0.1:{port}"
     store = tmp_path / "mlflow.db"
     mlflow_bin = str(Path(sys.executable).parent / "mlflow")
-    server = subprocess.Popen([mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                               "--backend-store-uri", f"sqlite:///{store}", "--default-artifact-root",
-                               str(tmp_path / "artifacts")], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            mlflow_bin,
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{store}",
+            "--default-artifact-root",
+            str(tmp_path / "artifacts"),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     job = None
     try:
         _wait_for(lambda: _healthy(url) or server.poll() is not None, 90, "the MLflow server")
@@ -54,10 +70,28 @@ def test_training_survives_the_mlflow_server_dying_mid_run(tmp_path):
         run = tmp_path / "run"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "DISTINCTAD_FAULT_PAUSE_AT_STEP": "5"}
         env.pop("MLFLOW_TRACKING_URI", None)
-        job = subprocess.Popen(trivial_cmd(run, "--tracking.enabled", "true", "--tracking.uri", url,
-                                           "--tracking.experiment", "faults", "--train.max_steps", "12",
-                                           "--train.log_every", "1", "--train.ckpt_every", "6"),
-                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        job = subprocess.Popen(
+            trivial_cmd(
+                run,
+                "--tracking.enabled",
+                "true",
+                "--tracking.uri",
+                url,
+                "--tracking.experiment",
+                "faults",
+                "--train.max_steps",
+                "12",
+                "--train.log_every",
+                "1",
+                "--train.ckpt_every",
+                "6",
+            ),
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         _wait_for(lambda: (run / "paused").exists() or job.poll() is not None, 120, "the job to reach step 5")
         assert job.poll() is None, job.communicate()[1][-3000:]
         os.killpg(server.pid, signal.SIGKILL)  # the server and its workers, all started by this test

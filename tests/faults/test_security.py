@@ -77,9 +77,12 @@ def test_malicious_checkpoint_is_refused_and_its_code_never_runs(run_dir, tmp_pa
     proc = run_failing(trivial_cmd(run, *ARGS, "--train.max_steps", "6"), cwd=tmp_path)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
-    assert re.fullmatch(rf"error: refusing to load {evil}: not a plain weights file \(Unsupported global: GLOBAL "
-                        r"io.open\); checkpoints load with torch.load\(weights_only=True\) and never run "
-                        r"pickled code", proc.stderr.strip().splitlines()[-1]), proc.stderr[-2000:]
+    assert re.fullmatch(
+        rf"error: refusing to load {evil}: not a plain weights file \(Unsupported global: GLOBAL "
+        r"io.open\); checkpoints load with torch.load\(weights_only=True\) and never run "
+        r"pickled code",
+        proc.stderr.strip().splitlines()[-1],
+    ), proc.stderr[-2000:]
     assert not target.exists()
 
 
@@ -95,8 +98,12 @@ SOURCES = ["train", "data", "eval", "benchmarks", "launch"]
 
 
 def _files() -> list[Path]:
-    files = [p for d in SOURCES for p in (REPO / d).rglob("*") if p.is_file() and p.suffix in
-             (".py", ".sh", ".md", ".yaml", ".yml", ".json", ".toml", ".txt")]
+    files = [
+        p
+        for d in SOURCES
+        for p in (REPO / d).rglob("*")
+        if p.is_file() and p.suffix in (".py", ".sh", ".md", ".yaml", ".yml", ".json", ".toml", ".txt")
+    ]
     return files + [p for p in (REPO / "README.md", REPO / "pyproject.toml") if p.is_file()]
 
 

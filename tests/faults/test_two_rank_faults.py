@@ -29,8 +29,18 @@ from tests.faults.conftest import latest, metrics_rows, run_failing, trivial_cmd
 
 pytestmark = pytest.mark.slow
 # 128 samples / (2 ranks x 8) = 8 micro-batches per rank per epoch; 20 steps = 2.5 epochs.
-ARGS = ["--model.n_samples", "128", "--train.max_steps", "20", "--train.ckpt_every", "4", "--train.log_every", "1",
-        "--train.keep_checkpoints", "10"]
+ARGS = [
+    "--model.n_samples",
+    "128",
+    "--train.max_steps",
+    "20",
+    "--train.ckpt_every",
+    "4",
+    "--train.log_every",
+    "1",
+    "--train.keep_checkpoints",
+    "10",
+]
 DEBUG = {"DISTINCTAD_DEBUG_SAMPLES": "1"}
 CKPT, KILL, FULL = 12, 14, 16
 
@@ -42,12 +52,16 @@ def runs(tmp_path_factory) -> dict:
     out: dict = {"straight": straight, "faulty": faulty}
     run_cmd(trivial_cmd(straight, *ARGS, ranks=2), cwd=tmp, env=DEBUG)
     t0 = time.monotonic()
-    out["B"] = run_failing(trivial_cmd(faulty, *ARGS, ranks=2), cwd=tmp,
-                           env={**DEBUG, "DISTINCTAD_FAULT_KILL_AT_STEP": str(KILL)})
+    out["B"] = run_failing(
+        trivial_cmd(faulty, *ARGS, ranks=2), cwd=tmp, env={**DEBUG, "DISTINCTAD_FAULT_KILL_AT_STEP": str(KILL)}
+    )
     out["B_seconds"] = time.monotonic() - t0
     out["B_latest"] = latest(faulty)
-    out["C"] = run_failing(trivial_cmd(faulty, *ARGS, ranks=2), cwd=tmp,
-                           env={"DISTINCTAD_FAULT_NAN_AT_STEPS": "2", "DISTINCTAD_FAULT_ENOSPC_AT_STEP": str(FULL)})
+    out["C"] = run_failing(
+        trivial_cmd(faulty, *ARGS, ranks=2),
+        cwd=tmp,
+        env={"DISTINCTAD_FAULT_NAN_AT_STEPS": "2", "DISTINCTAD_FAULT_ENOSPC_AT_STEP": str(FULL)},
+    )
     out["C_latest"] = latest(faulty)
     out["C_dirs"] = sorted(p.name for p in (faulty / "checkpoints").glob("step_*"))
     out["D"] = run_cmd(trivial_cmd(faulty, *ARGS, ranks=2), cwd=tmp, env=DEBUG)
@@ -95,16 +109,22 @@ def test_disk_full_while_checkpointing_is_a_clear_error_and_keeps_the_previous_c
     assert "Traceback" not in out, out[-3000:]
     lines = [line for line in out.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1, out[-3000:]  # said once, by rank 0
-    assert re.fullmatch(rf"error: could not write checkpoint \S+/step_{FULL:08d} \(rank 1: No space left on device "
-                        rf"\(\S+zero_pp_rank_1_mp_rank_00_optim_states.pt\)\); the previous checkpoint "
-                        rf"step_{CKPT:08d} is intact and is where a relaunch resumes", lines[0]), lines[0]
+    assert re.fullmatch(
+        rf"error: could not write checkpoint \S+/step_{FULL:08d} \(rank 1: No space left on device "
+        rf"\(\S+zero_pp_rank_1_mp_rank_00_optim_states.pt\)\); the previous checkpoint "
+        rf"step_{CKPT:08d} is intact and is where a relaunch resumes",
+        lines[0],
+    ), lines[0]
     # latest untouched, the partial checkpoint removed, the previous one complete and loadable (weights only)
     assert runs["C_latest"] == f"step_{CKPT:08d}"
     assert f"step_{FULL:08d}" not in runs["C_dirs"] and f"step_{CKPT:08d}" in runs["C_dirs"]
     ckpt = runs["faulty"] / f"checkpoints/step_{CKPT:08d}"
     engine = SafeTorchCheckpointEngine()
-    for f in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
-              "zero_pp_rank_1_mp_rank_00_optim_states.pt"):
+    for f in (
+        "mp_rank_00_model_states.pt",
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    ):
         assert engine.load(str(ckpt / f), map_location="cpu")
     assert f"resumed from {runs['faulty']}/checkpoints/step_{CKPT:08d}" in _text(runs["D"])
 
@@ -122,8 +142,9 @@ def test_relaunch_resumes_from_the_last_checkpoint_and_equals_the_uninterrupted_
         lost = [r for r in first if r["step"] > CKPT]
         assert [r["step"] for r in lost] == [CKPT + 1, KILL]  # trained, then lost with the killed process
         assert (second[0]["epoch"], second[0]["micro"]) == (1, 4)  # D restarts at the checkpoint's data position
-        combined = [(r["epoch"], r["micro"], r["ids"]) for r in first if r["step"] <= CKPT] + \
-                   [(r["epoch"], r["micro"], r["ids"]) for r in second]
+        combined = [(r["epoch"], r["micro"], r["ids"]) for r in first if r["step"] <= CKPT] + [
+            (r["epoch"], r["micro"], r["ids"]) for r in second
+        ]
         assert combined == ref
         assert [r["ids"] for r in second[:2]] == [r["ids"] for r in lost]  # the lost work is redone once
         for epoch, _, ids in combined:
