@@ -227,19 +227,38 @@ def _prune(ckpt_dir: Path, keep: int) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def find_checkpoint(path: str | Path) -> tuple[Path, str]:
+    """(checkpoint root, tag) of a run directory, its ``checkpoints`` folder (the tag ``latest`` names) or one tag
+    folder (``runs/NAME/checkpoints/step_00000060``).
+
+    Raises:
+        CheckpointError: ``path`` is none of these (one line naming it).
+    """
+    p = Path(path)
+    for root in (p / "checkpoints", p):
+        tag = latest_tag(root)
+        if tag:
+            return root, tag
+    if p.is_dir() and any(p.glob("*model_states.pt")):
+        return p.parent, p.name
+    raise CheckpointError(f"no checkpoint in {path}: expected a run directory, its checkpoints folder or one "
+                          "step_NNNNNNNN folder")
+
+
 def find_resume(resume: str, ckpt_dir: str | Path) -> tuple[Path, str] | None:
-    """Where to resume from: (checkpoint root, tag), or None for a fresh start."""
+    """Where ``run.resume`` says to resume from: (checkpoint root, tag), or None for a fresh start.
+
+    'none': fresh; 'auto': the latest checkpoint in ``ckpt_dir`` if any; else a path for :func:`find_checkpoint`.
+    """
     if resume == "none":
         return None
     if resume == "auto":
         tag = latest_tag(ckpt_dir)
         return (Path(ckpt_dir), tag) if tag else None
-    p = Path(resume)
-    if (p / LATEST).is_file():
-        return p, latest_tag(p)
-    if p.is_dir() and any(p.glob("*model_states.pt")):
-        return p.parent, p.name
-    raise CheckpointError(f"run.resume={resume}: not a checkpoint directory (no 'latest' file or model states)")
+    try:
+        return find_checkpoint(resume)
+    except CheckpointError as e:
+        raise CheckpointError(f"run.resume: {e}") from None
 
 
 def load(engine, root: Path, tag: str, load_optimizer: bool = True) -> dict[str, Any]:

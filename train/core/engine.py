@@ -18,6 +18,8 @@ from distinctad.train.core.config import ConfigError
 from distinctad.train.core.params import DeepSpeedArgs, TrainArgs
 
 logger = logging.getLogger(__name__)
+
+
 def pick_precision(requested: str) -> str:
     """'auto' means bf16 on a GPU that supports it and fp32 on CPU."""
     if requested != "auto":
@@ -71,16 +73,32 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def reshape_0d_parameters(model: torch.nn.Module) -> list[str]:
+    """Give every 0-d parameter (open_clip's ``logit_scale``, a learnable α) the shape (1,), in place.
+
+    DeepSpeed's parameter broadcast views every parameter as bytes (``p.data.view(torch.uint8)``), which raises on
+    0-d tensors. The Parameter object, its value and ``requires_grad`` are kept; a job that exports weights writes
+    them back in their original shape (Stage-I's export reshapes to the state dict of the model as built).
+
+    Returns:
+        The names of the parameters reshaped.
+    """
+    names = []
+    for name, p in model.named_parameters():
+        if p.dim() == 0:
+            p.data = p.data.reshape(1)
+            names.append(name)
+    if names:
+        logger.debug("parameters %s reshaped from () to (1,) for DeepSpeed", names)
+    return names
+
+
 def build_engine(model: torch.nn.Module, train: TrainArgs, ds: DeepSpeedArgs):
     """``deepspeed.initialize`` with our optimizer and schedule; returns (engine, ds_config)."""
     import deepspeed
 
     ds_cfg = build_ds_config(ds, train)
-    for name, p in model.named_parameters():
-        if p.dim() == 0:
-            # DeepSpeed's parameter broadcast views every tensor as bytes, which 0-d tensors cannot do.
-            p.data = p.data.reshape(1)
-            logger.debug("parameter %s reshaped from () to (1,) for DeepSpeed", name)
+    reshape_0d_parameters(model)
     groups = [g for g in param_groups(model, train.weight_decay) if g["params"]]
     if not groups:
         raise ConfigError("the model has no trainable parameters")

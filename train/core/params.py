@@ -24,8 +24,8 @@ class RunArgs:
     """Seed for model init and data order; every rank uses the same one."""
     resume: str = "auto"
     """
-    'auto': resume from the latest checkpoint in the run directory if there is one; 'none': start fresh; or a checkpoint
-    directory to resume from.
+    'auto': resume from the latest checkpoint in the run directory if there is one; 'none': start fresh; or where to
+    resume from: another run directory, its checkpoints folder or one step_NNNNNNNN folder.
     """
 
     def __post_init__(self) -> None:
