@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import REPO, run_cmd
+from distinctad.testing import REPO, run_cmd
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-from tests.conftest import REPO
+from distinctad.testing import REPO
 
 SIBLING = re.compile(r"\.\./shared\b|/\s*[\"']shared[\"']")
 """``../shared``, as a string or as a pathlib join (``Path(...) / "shared"``)."""

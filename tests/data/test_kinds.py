@@ -15,7 +15,7 @@ from distinctad.data.annotations import read_annotations
 from distinctad.data.cli import main as shards_main
 from distinctad.data.kinds import KINDS, SampleKind, Unit, get_kind, json_bytes, register_kind, sample_key
 from distinctad.data.shards import BuildOptions, build_shards
-from tests.conftest import REPO
+from distinctad.testing import REPO
 
 # ---------------------------------------------------------------- a toy kind: one text-only sample per AD
 

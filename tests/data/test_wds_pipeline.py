@@ -13,7 +13,7 @@ import torch
 
 from distinctad.data.cli import main
 from distinctad.data.wds_pipeline import get_wds_loader
-from tests.conftest import REPO, deepspeed_cmd, run_cmd
+from distinctad.testing import REPO, deepspeed_cmd, run_cmd
 
 
 @pytest.fixture(scope="module")

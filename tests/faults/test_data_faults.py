@@ -20,8 +20,7 @@ from distinctad.data.cli import main as shards_cli
 from distinctad.data.synth_default import ensure_synthmad
 from distinctad.data.synthmad import write_synthmad
 from distinctad.data.wds_pipeline import get_wds_loader
-from tests.conftest import REPO, run_cmd
-from tests.faults.conftest import metrics_rows
+from distinctad.testing import REPO, metrics_rows, run_cmd
 
 pytestmark = pytest.mark.slow
 

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
-from tests.faults.conftest import metrics_rows, trivial_cmd
+from distinctad.testing import free_port, metrics_rows, trivial_cmd
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,8 @@ import json
 
 import pytest
 
+from distinctad.testing import latest, metrics_rows, run_cmd, run_failing, trivial_cmd
 from distinctad.train.core.checkpoint import SafeTorchCheckpointEngine
-from tests.conftest import run_cmd
-from tests.faults.conftest import latest, metrics_rows, run_failing, trivial_cmd
 
 pytestmark = pytest.mark.slow
 ARGS = ["--train.max_steps", "12", "--train.ckpt_every", "2", "--train.max_bad_steps", "3", "--train.log_every", "1"]

@@ -14,14 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from distinctad.testing import REPO, run_cmd, run_failing, trivial_cmd
 from distinctad.train.core.checkpoint import (
     CheckpointError,
     SafeTorchCheckpointEngine,
     deepspeed_safe_globals,
     latest_tag,
 )
-from tests.conftest import REPO, run_cmd
-from tests.faults.conftest import run_failing, trivial_cmd
 
 ARGS = ["--train.max_steps", "4", "--train.ckpt_every", "2"]
 

@@ -23,9 +23,8 @@ import psutil
 import pytest
 import torch
 
+from distinctad.testing import latest, metrics_rows, run_cmd, run_failing, trivial_cmd
 from distinctad.train.core.checkpoint import SafeTorchCheckpointEngine
-from tests.conftest import run_cmd
-from tests.faults.conftest import latest, metrics_rows, run_failing, trivial_cmd
 
 pytestmark = pytest.mark.slow
 # 128 samples / (2 ranks x 8) = 8 micro-batches per rank per epoch; 20 steps = 2.5 epochs.

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from distinctad.data.wds_pipeline import get_wds_loader
+from distinctad.testing import REPO, deepspeed_cmd, run_cmd
 from distinctad.train.models.clip_ad import TINY_MODEL, build_clip_ad, clip_transforms
 from distinctad.train.tools.extract import ExtractConfig, extract
 from distinctad.train.tools.extract import main as extract_main
-from tests.conftest import REPO, deepspeed_cmd, run_cmd
 
 pytestmark = pytest.mark.slow
 STEPS = 60

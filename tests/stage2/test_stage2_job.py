@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from distinctad.data.synth_default import ensure_synthmad
-from tests.conftest import REPO, deepspeed_cmd, run_cmd
+from distinctad.testing import REPO, deepspeed_cmd, run_cmd
 
 pytestmark = pytest.mark.slow
 FAST_EVAL = ["--eval.generation.num_beams", "1", "--eval.generation.max_new_tokens", "8",
@@ -95,7 +95,7 @@ def test_generate_cli_matches_in_training_eval(synth, tmp_path):
     run_cmd(["distinctad-generate", "--ckpt", str(out), "--shards", str(synth / "shards/window-eval"), "--out",
              str(tmp_path / "p.jsonl"), "--num-beams", "1", "--max-new-tokens", "8"], cwd=tmp_path)
     assert (tmp_path / "p.jsonl").read_text() == (out / "eval/step_00000006_predictions.jsonl").read_text()
-    with pytest.raises(SystemExit, match="no Stage-II checkpoint"):
+    with pytest.raises(SystemExit, match="no checkpoint in"):
         generate(["--ckpt", str(tmp_path), "--shards", "x", "--out", "y"])
 
 

@@ -45,7 +45,7 @@ def test_yaml_and_overrides_round_trip(tmp_path):
 
 
 def test_job_config_from_launch_yaml_round_trips(tmp_path):
-    from tests.conftest import REPO
+    from distinctad.testing import REPO
 
     cfg = load_config(TrivialJob, REPO / "launch/configs/trivial.yaml", ["--train.lr", "1e-4",
                                                                          "--deepspeed.zero_stage", "3"])
@@ -110,8 +110,8 @@ def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
 
 def test_every_shipped_config_loads_with_its_job():
     """A typo in a YAML under launch/configs is caught here, not after a cluster allocation."""
+    from distinctad.testing import REPO
     from distinctad.train.jobs import JOBS
-    from tests.conftest import REPO
 
     files = sorted((REPO / "launch/configs").glob("*.yaml"))
     assert len(files) >= 4

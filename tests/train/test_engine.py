@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, deepspeed_cmd, free_port, run_cmd
+from distinctad.testing import REPO, deepspeed_cmd, free_port, run_cmd
 
 pytestmark = pytest.mark.slow
 TRIVIAL = str(REPO / "launch/configs/trivial.yaml")

@@ -6,8 +6,8 @@ import json
 
 import mlflow
 
+from distinctad.testing import REPO, free_port, run_cmd
 from distinctad.train.core.tracking import Tracker
-from tests.conftest import REPO, free_port, run_cmd
 
 TRIVIAL = str(REPO / "launch/configs/trivial.yaml")
 

@@ -1,0 +1,79 @@
+"""Helpers for DistinctAD's tests (and for anyone testing a job built on it), like ``numpy.testing``.
+
+They run jobs the way users do: launchers and console scripts in separate processes, ``deepspeed --num_gpus N``
+for several ranks (gloo CPU processes without GPUs). Tests import them from here, never from ``conftest`` modules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from distinctad.common import REPO_ROOT
+
+REPO = REPO_ROOT
+"""The source checkout (launchers and configs are under ``REPO / "launch"``)."""
+
+TRIVIAL_YAML = str(REPO / "launch/configs/trivial.yaml")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for ``--master_port``, MLflow servers)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(env: dict[str, str] | None) -> dict[str, str]:
+    full = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    if env is None or "MLFLOW_TRACKING_URI" not in env:
+        full.pop("MLFLOW_TRACKING_URI", None)  # a test's tracking goes where the test says, never to the user's server
+    return full
+
+
+def run_cmd(cmd: list[str], cwd: Path, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a command; raise ``AssertionError`` with its output tail if it exits non-zero (a hang hits ``timeout``)."""
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(env), capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(map(str, cmd))} exited {proc.returncode}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+def run_failing(
+    cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 180
+) -> subprocess.CompletedProcess:
+    """Run a command that is expected to fail; the timeout bounds any hang."""
+    full = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(cmd, cwd=cwd, env=full, capture_output=True, text=True, timeout=timeout)
+
+
+def deepspeed_cmd(num_gpus: int, script: str | Path, *args: str) -> list[str]:
+    """``deepspeed --num_gpus N --master_port P script args`` with the deepspeed of this interpreter."""
+    ds = Path(sys.executable).parent / "deepspeed"
+    return [str(ds), "--num_gpus", str(num_gpus), "--master_port", str(free_port()), str(script), *args]
+
+
+def trivial_cmd(out: Path, *extra: str, ranks: int = 1) -> list[str]:
+    """``distinctad-train trivial`` (tracking off, run dir ``out``) on 1 process or under ``deepspeed --num_gpus``."""
+    args = ["trivial", TRIVIAL_YAML, "--tracking.enabled", "false", "--run.out_dir", str(out), *extra]
+    if ranks == 1:
+        return [sys.executable, "-m", "distinctad.train.main", *args]
+    ds = str(Path(sys.executable).parent / "deepspeed")
+    return [ds, "--num_gpus", str(ranks), "--master_port", str(free_port()), "--module", "distinctad.train.main", *args]
+
+
+def metrics_rows(run_dir: Path) -> list[dict]:
+    """Every row of ``<run dir>/metrics.jsonl``."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def latest(run_dir: Path) -> str:
+    """The checkpoint tag ``<run dir>/checkpoints/latest`` points at."""
+    return (run_dir / "checkpoints/latest").read_text().strip()
