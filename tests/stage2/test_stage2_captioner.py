@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from distinctad.train.models.captioner import CaptionerConfig, DistinctADCaptioner, build_captioner, prepare_batch
+from distinctad.train.models.captioner_config import GenerationArgs
 
 TINY = dict(feature_dim=16, d_model=32, num_latents=4, perceiver_layers=1, perceiver_heads=4, num_bases=8,
             context_ads=2, llm="tiny-gpt2")
@@ -81,6 +82,29 @@ def test_generation_matches_teacher_forcing(tokenizer, make_batch):
             expected.append(logits.argmax().item())
     got = model.generate_ids(prepared, num_beams=1, repetition_penalty=1.0, max_new_tokens=1, min_new_tokens=0)
     assert got[:, 0].tolist() == expected
+
+
+def test_decoding_settings_come_from_generation_args(tokenizer, make_batch, monkeypatch):
+    """No gen: GenerationArgs() defaults; gen: its values; explicit keyword arguments win over both."""
+    cfg = CaptionerConfig(**TINY)
+    model = DistinctADCaptioner(cfg, tokenizer)
+    prepared = prepare_batch(make_batch(), tokenizer, cfg)
+    seen = []
+
+    def fake_generate(inputs_embeds, attention_mask, **kwargs):
+        seen.append(kwargs)
+        return torch.full((inputs_embeds.shape[0], 1), model.eos_id)
+
+    monkeypatch.setattr(model.llm, "generate", fake_generate)
+    decoding = ("num_beams", "repetition_penalty", "no_repeat_ngram_size", "max_new_tokens")
+    model.generate(prepared, tokenizer)
+    assert {k: seen[-1][k] for k in decoding} == GenerationArgs().decoding()
+    gen = GenerationArgs(num_beams=3, repetition_penalty=1.5, no_repeat_ngram_size=2, max_new_tokens=9)
+    model.generate(prepared, tokenizer, gen)
+    assert {k: seen[-1][k] for k in decoding} == dict(num_beams=3, repetition_penalty=1.5, no_repeat_ngram_size=2,
+                                                      max_new_tokens=9)
+    model.generate_ids(prepared, gen, max_new_tokens=4, min_new_tokens=0)
+    assert (seen[-1]["num_beams"], seen[-1]["max_new_tokens"], seen[-1]["min_new_tokens"]) == (3, 4, 0)
 
 
 def test_tiny_llama_lora_trains_only_adapters(tokenizer, make_batch):

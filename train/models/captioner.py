@@ -14,23 +14,19 @@ prompt is H_i. The module holds no distributed logic: the training job wraps it 
 
 from __future__ import annotations
 
-import logging
 import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distinctad.train.models.captioner_config import IGNORE, CaptionerConfig
+from distinctad.train.models.captioner_config import IGNORE, CaptionerConfig, GenerationArgs
 from distinctad.train.models.contextual_ema import ContextualEMA
 from distinctad.train.models.cross_attention import ContextCrossAttention
 from distinctad.train.models.distinctive import distinctive_targets, distinctive_word_loss, pad_targets
 from distinctad.train.models.distinctive_prompt import DistinctivePrompt
 from distinctad.train.models.llm import apply_lora, build_llm, special_ids
 from distinctad.train.models.perceiver import PerceiverResampler
-
-logger = logging.getLogger(__name__)
-
 
 
 def prepare_batch(batch: dict, tokenizer, cfg: CaptionerConfig) -> dict[str, torch.Tensor]:
@@ -213,8 +209,8 @@ class DistinctADCaptioner(nn.Module):
         return result
 
     @torch.no_grad()
-    def generate_ids(self, prepared: dict[str, torch.Tensor], num_beams: int = 5, repetition_penalty: float = 1.2,
-                     no_repeat_ngram_size: int = 3, max_new_tokens: int = 67, **generate_kwargs) -> torch.Tensor:
+    def generate_ids(self, prepared: dict[str, torch.Tensor], gen: GenerationArgs | None = None,
+                     **generate_kwargs) -> torch.Tensor:
         """Generated token ids of every valid clip (eval mode, μ frozen; the previous mode is restored).
 
         The LLM sees [prompt][context][<bos>] (left-padded) and continues with the AD until <eos>. The text
@@ -222,9 +218,9 @@ class DistinctADCaptioner(nn.Module):
 
         Args:
             prepared: output of ``prepare_batch`` (the text_* entries are not used).
-            num_beams, repetition_penalty, no_repeat_ngram_size, max_new_tokens: decoding (paper: 5, 1.2, 3, 67).
-            **generate_kwargs: passed to HF ``generate`` (they override the defaults; min_new_tokens=1 keeps an
-                AD from being empty).
+            gen: the decoding settings (default: ``GenerationArgs()``, our defaults; its batch_size is not used here).
+            **generate_kwargs: passed to HF ``generate``, overriding ``gen`` and the settings below (min_new_tokens=1
+                keeps an AD from being empty).
 
         Returns:
             (V, new_tokens) ids, window-major over the valid clips, padded with pad after <eos>.
@@ -247,10 +243,8 @@ class DistinctADCaptioner(nn.Module):
             for v, r in enumerate(rows):  # left padding: every row ends where generation starts
                 inputs[v, S - r.shape[0]:] = r
                 attn[v, S - r.shape[0]:] = 1
-            kwargs = dict(num_beams=num_beams, repetition_penalty=repetition_penalty,
-                          no_repeat_ngram_size=no_repeat_ngram_size, max_new_tokens=max_new_tokens,
-                          min_new_tokens=1, do_sample=False, pad_token_id=self.pad_id, eos_token_id=self.eos_id,
-                          bos_token_id=self.bos_id)
+            kwargs = dict(**(gen or GenerationArgs()).decoding(), min_new_tokens=1, do_sample=False,
+                          pad_token_id=self.pad_id, eos_token_id=self.eos_id, bos_token_id=self.bos_id)
             # <bos>/<pad> decode to nothing: never generate them, so an AD is never an empty string.
             suppress = sorted({self.bos_id, self.pad_id} - {self.eos_id})
             if suppress:
@@ -263,17 +257,14 @@ class DistinctADCaptioner(nn.Module):
         finally:
             self.train(was_training)
 
-    def generate(self, prepared: dict[str, torch.Tensor], tokenizer, num_beams: int = 5,
-                 repetition_penalty: float = 1.2, no_repeat_ngram_size: int = 3, max_new_tokens: int = 67,
+    def generate(self, prepared: dict[str, torch.Tensor], tokenizer, gen: GenerationArgs | None = None,
                  **generate_kwargs) -> list[list[str]]:
-        """Generate one AD per valid clip (see ``generate_ids``) and decode it.
+        """Generate one AD per valid clip (``generate_ids`` with ``gen`` and ``generate_kwargs``) and decode it.
 
         Returns:
             Per window, the ADs of its valid clips in clip order (the ``clip_mask`` True positions).
         """
-        ids = self.generate_ids(prepared, num_beams=num_beams, repetition_penalty=repetition_penalty,
-                                no_repeat_ngram_size=no_repeat_ngram_size, max_new_tokens=max_new_tokens,
-                                **generate_kwargs)
+        ids = self.generate_ids(prepared, gen, **generate_kwargs)
         texts = [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
         grouped, start = [], 0
         for count in prepared["clip_mask"].bool().sum(dim=1).tolist():

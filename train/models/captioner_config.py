@@ -1,4 +1,5 @@
-"""The Stage-II captioner's config and its Table D.2 presets: dataclasses only (no torch), so ``--help`` is fast.
+"""The Stage-II captioner's config, its Table D.2 presets and its decoding settings: dataclasses only (no torch), so
+``--help`` is fast.
 
 ``distinctad.train.core.config.from_dict`` expands ``preset`` through :data:`PRESETS` (any dataclass with a
 ``PRESETS`` class attribute and a ``preset`` field gets this), explicit keys winning over the preset's.
@@ -132,3 +133,29 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 CaptionerConfig.PRESETS = PRESETS
+
+
+@dataclass
+class GenerationArgs:
+    """How the captioner decodes: the one definition of the generation defaults.
+
+    The Stage-II eval section (``eval.generation``), ``distinctad-generate``'s flags and
+    :meth:`~distinctad.train.models.captioner.DistinctADCaptioner.generate` all read these. The values are our
+    defaults (DESIGN §5.7); the supplementary does not state the decoding settings.
+    """
+
+    num_beams: int = 5
+    """Beam width."""
+    repetition_penalty: float = 1.2
+    """HF repetition penalty (1: none)."""
+    no_repeat_ngram_size: int = 3
+    """Never repeat an n-gram of this size (0: off)."""
+    max_new_tokens: int = 67
+    """Longest AD in tokens."""
+    batch_size: int = 2
+    """Windows per generation call (and rank)."""
+
+    def decoding(self) -> dict[str, Any]:
+        """The keyword arguments of HF ``generate`` these settings set (everything but ``batch_size``)."""
+        return dict(num_beams=self.num_beams, repetition_penalty=self.repetition_penalty,
+                    no_repeat_ngram_size=self.no_repeat_ngram_size, max_new_tokens=self.max_new_tokens)

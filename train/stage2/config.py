@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from distinctad.train.core.params import DeepSpeedArgs, RunArgs, TrackingArgs, TrainArgs
-from distinctad.train.models.captioner_config import CaptionerConfig
+from distinctad.train.models.captioner_config import CaptionerConfig, GenerationArgs
 
 
 @dataclass
@@ -29,20 +29,6 @@ class Stage2DataArgs:
     """DataLoader workers per rank."""
     resampled: bool = False
     """Draw training shards with replacement (webdataset ResampledShards)."""
-
-
-@dataclass
-class GenerationArgs:
-    num_beams: int = 5
-    """Beam width."""
-    repetition_penalty: float = 1.2
-    """HF repetition penalty."""
-    no_repeat_ngram_size: int = 3
-    """Never repeat an n-gram of this size."""
-    max_new_tokens: int = 67
-    """Longest AD in tokens."""
-    batch_size: int = 2
-    """Windows per generation call."""
 
 
 @dataclass

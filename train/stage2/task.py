@@ -9,7 +9,6 @@ predictions on rank 0 and scores them with :func:`distinctad.eval.evaluate` (cap
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,14 +17,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from distinctad.common import atomic_write_text
 from distinctad.data.synth_default import ensure_synthmad
 from distinctad.data.wds_pipeline import get_wds_loader
 from distinctad.train.core import distributed as D
 from distinctad.train.core.task import Task, scalar_stats
 from distinctad.train.core.tracking import Tracker
 from distinctad.train.models.captioner import DistinctADCaptioner, prepare_batch
-from distinctad.train.stage2.config import GenerationArgs, Stage2Job
+from distinctad.train.models.captioner_config import GenerationArgs
+from distinctad.train.stage2.config import Stage2Job
 
 logger = logging.getLogger(__name__)
 
@@ -140,13 +139,13 @@ def predict(model: DistinctADCaptioner, tokenizer, shards: str, gen: GenerationA
                 # ZeRO-3 generation is collective: a rank with nothing to say still joins every forward pass.
                 batch["clip_mask"][:, 0] = True
                 prepared = prepare_batch(batch, tokenizer, model.cfg)
-                model.generate(_to(prepared, device), tokenizer, synced_gpus=True, **_gen_kwargs(gen))
+                model.generate(_to(prepared, device), tokenizer, gen, synced_gpus=True)
             continue
         keep = valid.nonzero().flatten().tolist()
         sub = {k: (v[keep] if isinstance(v, torch.Tensor) else [v[i] for i in keep]) for k, v in batch.items()}
         prepared = prepare_batch(sub, tokenizer, model.cfg)
         extra = {"synced_gpus": True} if zero3 and D.get_world_size() > 1 else {}
-        texts = model.generate(_to(prepared, device), tokenizer, **extra, **_gen_kwargs(gen))
+        texts = model.generate(_to(prepared, device), tokenizer, gen, **extra)
         for b, window_texts in enumerate(texts):
             indices = sub["ad_index"][b][sub["clip_mask"][b].bool()].tolist()
             for ad_index, text in zip(indices, window_texts, strict=True):
@@ -158,15 +157,11 @@ def _to(prepared: dict[str, torch.Tensor], device: torch.device) -> dict[str, to
     return {k: v.to(device) for k, v in prepared.items()}
 
 
-def _gen_kwargs(gen: GenerationArgs) -> dict[str, Any]:
-    return dict(num_beams=gen.num_beams, repetition_penalty=gen.repetition_penalty,
-                no_repeat_ngram_size=gen.no_repeat_ngram_size, max_new_tokens=gen.max_new_tokens)
-
-
 def score(preds: list[dict[str, Any]], cfg: Stage2Job, out_prefix: Path, tracker: Tracker | None) -> dict[str, float]:
     """Score predictions with the eval harness; write predictions, report and a samples table (rank 0)."""
     from distinctad.eval import evaluate, write_report
     from distinctad.eval.inputs import read_shard_references
+    from distinctad.eval.outputs import write_predictions, write_samples_table
 
     refs = read_shard_references(cfg.data.eval_shards)
     if cfg.eval.max_windows:
@@ -179,17 +174,12 @@ def score(preds: list[dict[str, Any]], cfg: Stage2Job, out_prefix: Path, tracker
     result = evaluate(preds, refs, metrics=tuple(cfg.eval.metrics), recall_k=cfg.eval.recall_k,
                       recall_n=cfg.eval.recall_n, backend=cfg.eval.backend,
                       backend_model=cfg.eval.backend_model or None, progress=False, allow_missing=bool(empty))
-    out_prefix.parent.mkdir(parents=True, exist_ok=True)
-    preds_sorted = sorted(preds, key=lambda p: (p["movie"], p["ad_index"]))
-    atomic_write_text(f"{out_prefix}_predictions.jsonl", "".join(json.dumps(p) + "\n" for p in preds_sorted))
+    preds_path = write_predictions(f"{out_prefix}_predictions.jsonl", preds)
     json_path, md_path = write_report(result, f"{out_prefix}_report")
-    gt = {(r.movie, r.ad_index): r.sentence for r in refs}
-    rows = ["| movie | AD | ground truth | generated |", "|---|---|---|---|"]
-    for p in preds_sorted[: cfg.eval.samples_to_log]:
-        rows.append(f"| {p['movie']} | {p['ad_index']} | {gt.get((p['movie'], p['ad_index']), '')} | {p['text']} |")
-    atomic_write_text(f"{out_prefix}_samples.md", "\n".join(rows) + "\n")
+    first = sorted(preds, key=lambda p: (p["movie"], p["ad_index"]))[: cfg.eval.samples_to_log]
+    samples_path = write_samples_table(f"{out_prefix}_samples.md", first, refs)
     if tracker is not None:
-        for path in (f"{out_prefix}_predictions.jsonl", json_path, md_path, f"{out_prefix}_samples.md"):
+        for path in (preds_path, json_path, md_path, samples_path):
             tracker.log_artifact(path, "eval")
     return {f"eval/{k}": float(v) for k, v in result.items() if isinstance(v, (int, float))}
 

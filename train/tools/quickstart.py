@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shlex
 import subprocess
@@ -22,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distinctad.common import atomic_write_text
+from distinctad.train.models.captioner_config import GenerationArgs
+from distinctad.train.tools.ablate import COLUMNS
 
-logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
-COLUMNS = ["CIDEr", "R@5/16", "BLEU-1", "BLEU-4", "METEOR", "ROUGE-L"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stage2-steps", type=int, default=300, help="Stage-II optimizer steps per configuration.")
     p.add_argument("--configs", default="A0,C3", help="Table D.2 rows to train in Stage-II (comma-separated).")
     p.add_argument("--seed", type=int, default=0, help="Seed of the data and of every run.")
-    p.add_argument("--num-beams", type=int, default=5, help="Beam width of generation.")
+    p.add_argument("--num-beams", type=int, default=GenerationArgs().num_beams, help="Beam width of generation.")
     p.add_argument("--experiment", default="distinctad-quickstart", help="MLflow experiment.")
     p.add_argument("--tracking-uri", default="", help="MLflow URI; empty: $MLFLOW_TRACKING_URI, else "
                    "sqlite:///mlflow.db in the current folder.")
@@ -186,16 +185,12 @@ def results_table(results: dict[str, dict]) -> str:
 
 
 def _samples_table(preds: Path, gt_shards: Path, out: Path, n: int = 24) -> Path:
-    """Generated ADs beside the ground truth, as a Markdown table artifact."""
+    """The first ``n`` generated ADs beside the ground truth, as a Markdown table artifact."""
     from distinctad.eval.inputs import read_shard_references
+    from distinctad.eval.outputs import write_samples_table
 
-    gt = {(r.movie, r.ad_index): r.sentence for r in read_shard_references(str(gt_shards))}
-    rows = ["| movie | AD | ground truth | generated |", "|---|---:|---|---|"]
-    for line in preds.read_text().splitlines()[:n]:
-        p = json.loads(line)
-        rows.append(f"| {p['movie']} | {p['ad_index']} | {gt.get((p['movie'], p['ad_index']), '')} | {p['text']} |")
-    atomic_write_text(out, "\n".join(rows) + "\n")
-    return out
+    first = [json.loads(line) for line in preds.read_text().splitlines()[:n]]
+    return write_samples_table(out, first, read_shard_references(str(gt_shards)))
 
 
 def _print_closing(results: dict, timer: StepTimer, work: Path, uri: str) -> None:
