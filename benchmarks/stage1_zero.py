@@ -33,7 +33,6 @@ from distinctad.train.core.params import DeepSpeedArgs, TrainArgs  # noqa: E402
 from distinctad.train.models.clip_ad import TINY_MODEL, build_clip_ad  # noqa: E402
 from distinctad.train.stage1.config import Stage1LossConfig  # noqa: E402
 from distinctad.train.stage1.losses import Stage1Loss  # noqa: E402
-from distinctad.train.stage1.task import logit_scale_1d  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +70,6 @@ def bench_stage(args: argparse.Namespace, stage: int) -> dict[str, float]:
         torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(0)
     model = build_clip_ad(args.model, args.pretrained, grad_checkpointing=args.grad_checkpointing)
-    logit_scale_1d(model)
     train = TrainArgs(max_steps=args.steps + args.warmup, micro_batch_size=args.batch_size, lr=1e-5, warmup_steps=0)
     engine, _ = build_engine(model, train, DeepSpeedArgs(zero_stage=stage, precision="bf16" if args.bf16 else "fp32"))
     loss_fn = Stage1Loss(Stage1LossConfig(lambda_mil=args.lambda_mil), rank=D.get_rank(), world_size=D.get_world_size())

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distinctad.train.stage1.fig_b2 import figure_embeddings, similarity_figure
+from distinctad.train.stage1.fig_b2 import figure_embeddings, similarity_figure, video_embeddings
 from distinctad.train.stage1.retrieval import retrieval_metrics
 
 
@@ -71,4 +71,7 @@ def test_figure_embeddings(tiny_model):
     expected = F.normalize(adapted.encode_video(images[3:4]).mean(1), dim=-1)[0]
     torch.testing.assert_close(a[3], expected)
     torch.testing.assert_close(t, adapted.encode_text(sentences))
-    assert adapted.training  # mode restored
+    assert adapted.training and vanilla.training  # modes restored
+    assert v.dtype == a.dtype == t.dtype == torch.float32
+    # the per-step figure re-embeds only the adapted model, with the same function
+    torch.testing.assert_close(video_embeddings(adapted, images, batch_size=3), a)

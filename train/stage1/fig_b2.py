@@ -1,9 +1,9 @@
 """Fig. B.2 analysis: how similar neighbouring clips of a movie look to vanilla CLIP, to CLIP-AD and in AD text.
 
-The paper's point: vanilla CLIP sees consecutive movie clips as near-duplicates (a bright band around the
-diagonal), while the AD texts of those clips are far less alike; CLIP-AD should move the visual similarities
-towards the textual ones. The band mean (mean cosine similarity of clips at most ``band`` apart, i != j) puts
-that into one number per encoder.
+Fig. B.2's point (supplementary B): vanilla CLIP sees consecutive movie clips as near-duplicates (a bright band
+around the diagonal), while the AD texts of those clips are far less alike; CLIP-AD should move the visual
+similarities towards the textual ones. The band mean (mean cosine similarity of clips at most ``band`` apart,
+i != j) puts that into one number per encoder.
 """
 
 from __future__ import annotations
@@ -77,6 +77,27 @@ def similarity_figure(vanilla: torch.Tensor, adapted: torch.Tensor, text: torch.
 
 
 @torch.no_grad()
+def video_embeddings(model: CLIPAD, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """Pooled video embeddings of n clips, computed in eval mode (the model's mode is restored).
+
+    Args:
+        model: the CLIP to embed with.
+        images: (n, T, 3, H, W) preprocessed frames, on any device (moved batch by batch).
+        batch_size: clips per forward pass.
+
+    Returns:
+        (n, E) float32 on the CPU.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        return torch.cat([pool_video(model.encode_video(images[s:s + batch_size].to(device))).float().cpu()
+                          for s in range(0, len(images), batch_size)])
+    finally:
+        model.train(was_training)
+
+
 def figure_embeddings(vanilla: CLIPAD, adapted: CLIPAD, images: torch.Tensor, sentences: Sequence[str],
                       batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Embeddings of a movie's consecutive clips for :func:`similarity_figure`.
@@ -85,20 +106,12 @@ def figure_embeddings(vanilla: CLIPAD, adapted: CLIPAD, images: torch.Tensor, se
         vanilla, adapted: the CLIP before and after Stage-I (same text tower).
         images: (n, T, 3, H, W) preprocessed frames of n consecutive clips.
         sentences: their n ADs.
+        batch_size: clips per forward pass.
 
     Returns:
-        (vanilla (n, E), adapted (n, E), text (n, E)) on the CPU: pooled video embeddings and AD [CLS] embeddings.
+        (vanilla (n, E), adapted (n, E), text (n, E)) float32 on the CPU: pooled video embeddings
+        (:func:`video_embeddings`) and the ADs' [CLS] embeddings.
     """
-    outs: tuple[list, list, list] = ([], [], [])
-    was_training = [m.training for m in (vanilla, adapted)]
-    vanilla.eval()
-    adapted.eval()
-    device = adapted.clip.logit_scale.device
-    for s in range(0, len(images), batch_size):
-        x = images[s:s + batch_size].to(device)
-        outs[0].append(pool_video(vanilla.encode_video(x.to(vanilla.clip.logit_scale.device))).cpu())
-        outs[1].append(pool_video(adapted.encode_video(x)).cpu())
-        outs[2].append(adapted.encode_text(list(sentences[s:s + batch_size])).cpu())
-    vanilla.train(was_training[0])
-    adapted.train(was_training[1])
-    return tuple(torch.cat(o) for o in outs)  # type: ignore[return-value]
+    text = torch.cat([adapted.encode_text(list(sentences[s:s + batch_size])).float().cpu()
+                      for s in range(0, len(sentences), batch_size)])
+    return video_embeddings(vanilla, images, batch_size), video_embeddings(adapted, images, batch_size), text

@@ -46,15 +46,11 @@ from distinctad.train.models.clip_ad import (
     save_clip,
 )
 from distinctad.train.stage1.config import EXPORT_DIR, Stage1DataArgs, Stage1Job
-from distinctad.train.stage1.fig_b2 import similarity_figure
+from distinctad.train.stage1.fig_b2 import figure_embeddings, similarity_figure, video_embeddings
 from distinctad.train.stage1.losses import Stage1Loss
 from distinctad.train.stage1.retrieval import retrieval_metrics
 
 logger = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Config
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -115,17 +111,6 @@ def read_movie_clips(shards: str, preprocess, movie: str = "", max_clips: int = 
 # Task
 
 
-def logit_scale_1d(model: CLIPAD) -> None:
-    """Make open_clip's 0-d ``logit_scale`` a (1,) parameter before DeepSpeed sees it.
-
-    DeepSpeed 0.19's ``_broadcast_model`` views every parameter as bytes (``p.data.view(torch.uint8)``), which
-    raises on 0-d tensors. The value and its gradient are unchanged; :meth:`Stage1Task.export` writes it back 0-d.
-    """
-    scale = model.clip.logit_scale
-    if scale.dim() == 0:
-        model.clip.logit_scale = nn.Parameter(scale.detach().reshape(1), requires_grad=scale.requires_grad)
-
-
 class Stage1Task(Task):
     """The Stage-I :class:`~distinctad.train.core.loop.Task`: frames shards in, CLIP-AD trained, retrieval out."""
 
@@ -158,8 +143,9 @@ class Stage1Task(Task):
         # The model as built, before any step (and before a resumed checkpoint is loaded): the "vanilla CLIP" of
         # the baseline metrics and of Fig. B.2, and the source of the frozen weights at export (fp32, whatever the
         # engine's precision). It costs one more copy of the model in memory (~600 MB for ViT-B/32).
+        # open_clip's logit_scale is 0-d: build_engine makes it (1,) for DeepSpeed (reshape_0d_parameters); the
+        # vanilla copy keeps it 0-d, so export() writes it back in that shape.
         self.vanilla = copy.deepcopy(model).eval().requires_grad_(False)
-        logit_scale_1d(model)
         aug = {"scale": tuple(self.cfg.data.aug_scale)}
         self.train_tf, self.eval_tf = clip_transforms(model, aug)
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -282,18 +268,15 @@ class Stage1Task(Task):
                                                                e.figure_clips)
                 self._figure = {"movie": movie, "images": images, "sentences": sentences}
             fig = self._figure
-            images = fig["images"].to(engine.device)
-
-            def video(model: CLIPAD) -> torch.Tensor:
-                return torch.cat([pool_video(model.encode_video(images[s:s + 16])).float().cpu()
-                                  for s in range(0, len(images), 16)])
-
-            if "vanilla" not in fig:  # the vanilla model never changes: embed once
-                fig["vanilla"] = video(self.vanilla if self.vanilla is not None else engine.module)
-                fig["text"] = engine.module.encode_text(fig["sentences"]).float().cpu()
+            if "vanilla" in fig:  # the vanilla model and the text tower never change: embedded once
+                adapted = video_embeddings(engine.module, fig["images"])
+            else:
+                vanilla = self.vanilla if self.vanilla is not None else engine.module
+                fig["vanilla"], adapted, fig["text"] = figure_embeddings(vanilla, engine.module, fig["images"],
+                                                                         fig["sentences"])
             png = self.run_dir / "fig_b2" / f"{fig['movie']}_step{step:08d}.png"
-            out = similarity_figure(fig["vanilla"], video(engine.module), fig["text"], png, band=e.figure_band,
-                                    title=f"{fig['movie']}: {len(images)} consecutive clips, step {step}")
+            out = similarity_figure(fig["vanilla"], adapted, fig["text"], png, band=e.figure_band,
+                                    title=f"{fig['movie']}: {len(fig['images'])} consecutive clips, step {step}")
             tracker.log_artifact(png, artifact_path="fig_b2")
             logger.info("Fig. B.2 written to %s", png)
             stats = {f"fig_{k}": v for k, v in out.items() if k.endswith("band_mean")}
