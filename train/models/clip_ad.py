@@ -24,7 +24,6 @@ occur in almost every AD and would only add easy, uninformative MIL positives.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import string
@@ -416,8 +415,3 @@ def clip_transforms(model: CLIPAD | nn.Module, aug_cfg: dict | open_clip.Augment
     train = open_clip.image_transform(pp["size"], is_train=True, aug_cfg=aug_cfg, **common)
     val = open_clip.image_transform(pp["size"], is_train=False, **common)
     return train, val
-
-
-def model_config_json(model_name: str) -> str:
-    """The open_clip architecture config of ``model_name`` as JSON (for logging to MLflow)."""
-    return json.dumps(open_clip.get_model_config(model_name), sort_keys=True)

@@ -43,7 +43,7 @@ class ContextualEMA(nn.Module):
 
     Args:
         dim: d, width of the tokens.
-        num_bases: K (64 in the paper).
+        num_bases: K, bases per window (our default: 64).
         iters: EM iterations (3).
         tau: softmax temperature of the E-step, Z = softmax(H Mᵀ / τ).
         momentum: μ ← momentum·μ + (1 − momentum)·mean over the batch of M (0.9).

@@ -9,7 +9,6 @@ same code path as real weights.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import tempfile
@@ -26,8 +25,6 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerFast,
 )
-
-logger = logging.getLogger(__name__)
 
 TINY_LLMS = ("tiny-gpt2", "tiny-llama")
 BOS, EOS, PAD = "<|bos|>", "<|endoftext|>", "<|pad|>"

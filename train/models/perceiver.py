@@ -64,8 +64,8 @@ class PerceiverResampler(nn.Module):
     Args:
         feature_dim: D, the width of the (CLIP) frame features.
         d_model: d, the width of the latents.
-        num_latents: L, visual tokens per clip (10 in the paper).
-        num_layers: attention + MLP blocks (2 in the paper).
+        num_latents: L, visual tokens per clip (our default: 10).
+        num_layers: attention + MLP blocks (our default: 2).
         num_heads: attention heads.
         max_frames: size of the learned temporal position table (T must not exceed it).
         ff_mult: MLP expansion.
