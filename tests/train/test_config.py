@@ -119,3 +119,16 @@ def test_every_shipped_config_loads_with_its_job():
         job = next(j for j in JOBS if f.stem.startswith(j))
         cfg = load_config(JOBS[job].config, f)
         assert cfg.run.name, f
+
+
+def test_partial_section_keeps_the_jobs_factory_defaults():
+    """Setting one ``model.*`` key must not reset the others to the section class's defaults (gpt2, 512, 10)."""
+    from distinctad.train.stage2.config import Stage2Job
+
+    job = Stage2Job()
+    cfg = load_config(Stage2Job, None, ["--model.feature_dim", "768"])
+    assert cfg.model.feature_dim == 768
+    assert (cfg.model.llm, cfg.model.d_model, cfg.model.num_latents) == (job.model.llm, job.model.d_model,
+                                                                          job.model.num_latents) == ("tiny-gpt2", 64, 4)
+    # a derived field (run.out_dir from run.name) is still derived, not frozen at the default's value
+    assert load_config(Stage2Job, None, ["--run.name", "foo"]).run.out_dir == "runs/foo"

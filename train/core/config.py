@@ -107,20 +107,58 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
 
 
-def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    """Build dataclass ``cls`` from a (nested) mapping, rejecting unknown keys and wrong types."""
+def _factory_overrides(f: dataclasses.Field, tp: Any) -> dict[str, Any]:
+    """What a section's ``default_factory`` changes against the section class's own defaults, as a nested dict.
+
+    ``Stage2Job.model`` is ``field(default_factory=_default_model)`` (a tiny captioner): a YAML or CLI that sets only
+    some ``model.*`` keys must keep the factory's other values, not fall back to ``CaptionerConfig()``'s.
+    """
+    if f.default_factory is dataclasses.MISSING or f.default_factory is tp or not dataclasses.is_dataclass(tp):
+        return {}
+    return _diff(f.default_factory(), tp())
+
+
+def _diff(inst: Any, ref: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(inst):
+        a, b = getattr(inst, f.name), getattr(ref, f.name)
+        if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b) and type(a) is type(b):
+            sub = _diff(a, b)
+            if sub:
+                out[f.name] = sub
+        elif a != b:
+            out[f.name] = dataclasses.asdict(a) if dataclasses.is_dataclass(a) else a
+    return out
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "", base: dict[str, Any] | None = None) -> T:
+    """Build dataclass ``cls`` from a (nested) mapping, rejecting unknown keys and wrong types.
+
+    Layers, lowest first: the class defaults, ``base`` (what the parent section's factory sets, see
+    :func:`_factory_overrides`), a named preset (``preset`` key, for classes with a ``PRESETS`` dict), then ``data``.
+    """
     hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    presets = getattr(cls, "PRESETS", None)
-    if isinstance(presets, dict) and data.get("preset"):
-        # a named preset fills in its keys; keys given explicitly (YAML or CLI) win over it
-        if data["preset"] not in presets:
-            raise ConfigError(f"{prefix}preset: unknown preset {data['preset']!r} (choose from {', '.join(presets)})")
-        data = {**presets[data["preset"]], **data}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (valid keys in this section: {sorted(names)})")
-    kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (valid keys in this section: {sorted(fields)})")
+    base = base or {}
+    presets = getattr(cls, "PRESETS", None)
+    preset = data.get("preset", base.get("preset"))
+    preset_values: dict[str, Any] = {}
+    if isinstance(presets, dict) and preset:
+        if preset not in presets:
+            raise ConfigError(f"{prefix}preset: unknown preset {preset!r} (choose from {', '.join(presets)})")
+        preset_values = presets[preset]  # keys given explicitly (YAML or CLI) still win over it
+    merged = {**{k: v for k, v in base.items() if k not in data}, **preset_values, **data}
+    kwargs = {}
+    for k, v in merged.items():
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp) and isinstance(v, dict):
+            sub_base = base.get(k) if isinstance(base.get(k), dict) else _factory_overrides(fields[k], tp)
+            kwargs[k] = from_dict(tp, v, prefix=f"{prefix}{k}.", base=sub_base)
+        else:
+            kwargs[k] = _coerce(v, tp, f"{prefix}{k}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
