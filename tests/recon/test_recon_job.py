@@ -17,29 +17,67 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO
-from tests.recon.conftest import EVAL_MOVIE, MADEVAL_CSV
+from distinctad.data import ASSETS
+from distinctad.train.recon.table import main as table_main
 
+REPO = Path(__file__).resolve().parents[2]
+MADEVAL_CSV = ASSETS / "madeval_anno.csv"
+EVAL_MOVIE = "3074_THE_ROOMMATE"
 pytestmark = pytest.mark.slow
 EVAL_ADS = 40
 STEPS = 12
 
 
 def _job(out: Path, mode: str, *extra: str) -> list[str]:
-    return ["bash", str(REPO / "launch/recon.sh"), "--tracking.enabled", "false", "--run.out_dir", str(out),
-            "--data.train_annotations", str(MADEVAL_CSV), "--data.eval_movies", f"[{EVAL_MOVIE}]",
-            "--data.max_eval_ads", str(EVAL_ADS), "--model.projector_input", mode,
-            "--model.clip_model", "distinctad-tiny", "--model.pretrain_block_size", "128", "--epochs", "0",
-            "--train.max_steps", str(STEPS), "--train.micro_batch_size", "16", "--train.lr", "1e-2",
-            "--train.warmup_steps", "2", "--train.ckpt_every", "0", "--train.log_every", "4",
-            "--eval.metrics", "[bleu, cider]", "--eval.max_new_tokens", "12", "--eval.batch_size", "40", *extra]
+    return [
+        "bash",
+        str(REPO / "launch/recon.sh"),
+        "--tracking.enabled",
+        "false",
+        "--run.out_dir",
+        str(out),
+        "--data.train_annotations",
+        str(MADEVAL_CSV),
+        "--data.eval_movies",
+        f"[{EVAL_MOVIE}]",
+        "--data.max_eval_ads",
+        str(EVAL_ADS),
+        "--model.projector_input",
+        mode,
+        "--model.clip_model",
+        "distinctad-tiny",
+        "--model.pretrain_block_size",
+        "128",
+        "--epochs",
+        "0",
+        "--train.max_steps",
+        str(STEPS),
+        "--train.micro_batch_size",
+        "16",
+        "--train.lr",
+        "1e-2",
+        "--train.warmup_steps",
+        "2",
+        "--train.ckpt_every",
+        "0",
+        "--train.log_every",
+        "4",
+        "--eval.metrics",
+        "[bleu, cider]",
+        "--eval.max_new_tokens",
+        "12",
+        "--eval.batch_size",
+        "40",
+        *extra,
+    ]
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run(cmd, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          timeout=600)
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600
+    )
     assert proc.returncode == 0, f"exited {proc.returncode}:\n{proc.stdout[-4000:]}"
     return proc.stdout
 
@@ -47,11 +85,36 @@ def _run(cmd: list[str], cwd: Path) -> str:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, tuple[Path, str]]:
     root = tmp_path_factory.mktemp("recon_runs")
-    cls_log = _run(_job(root / "cls", "cls", "--model.llm", "tiny-gpt2", "--model.tokenizer_vocab", "600",
-                        "--model.pretrain_steps", "20", "--model.pretrain_batch_size", "8",
-                        "--model.pretrain_repeat", "0.5"), root)
-    words_log = _run(_job(root / "words", "words", "--model.llm", str(root / "cls" / "lm"),
-                          "--model.clip_pretrained", str(root / "cls" / "clip"), "--model.pretrain_steps", "0"), root)
+    cls_log = _run(
+        _job(
+            root / "cls",
+            "cls",
+            "--model.llm",
+            "tiny-gpt2",
+            "--model.tokenizer_vocab",
+            "600",
+            "--model.pretrain_steps",
+            "20",
+            "--model.pretrain_batch_size",
+            "8",
+            "--model.pretrain_repeat",
+            "0.5",
+        ),
+        root,
+    )
+    words_log = _run(
+        _job(
+            root / "words",
+            "words",
+            "--model.llm",
+            str(root / "cls" / "lm"),
+            "--model.clip_pretrained",
+            str(root / "cls" / "clip"),
+            "--model.pretrain_steps",
+            "0",
+        ),
+        root,
+    )
     return {"cls": (root / "cls", cls_log), "words": (root / "words", words_log)}
 
 
@@ -93,8 +156,11 @@ def test_clip_and_lm_are_bit_identical_after_training(runs, mode):
     import safetensors.torch
 
     run_dir, _ = runs[mode]
-    state = torch.load(run_dir / "checkpoints" / f"step_{STEPS:08d}" / "mp_rank_00_model_states.pt",
-                       map_location="cpu", weights_only=False)["module"]
+    state = torch.load(
+        run_dir / "checkpoints" / f"step_{STEPS:08d}" / "mp_rank_00_model_states.pt",
+        map_location="cpu",
+        weights_only=False,
+    )["module"]
     trained = {k: v for k, v in state.items() if k.startswith("projector.")}
     assert set(trained) == {"projector.weight", "projector.bias"}
     parts = runs["cls"][0]
@@ -109,11 +175,9 @@ def test_clip_and_lm_are_bit_identical_after_training(runs, mode):
 
 
 def test_table_of_both_runs(runs, tmp_path, capsys):
-    from distinctad.train.recon.task import main
-
-    main(["--runs", str(runs["cls"][0]), str(runs["words"][0]), "--out", str(tmp_path / "t.md")])
+    table_main(["--runs", str(runs["cls"][0]), str(runs["words"][0]), "--out", str(tmp_path / "t.md")])
     printed = capsys.readouterr().out
     assert printed == (tmp_path / "t.md").read_text()
     assert printed.count("| this run") == 2 and printed.count("| paper") == 2
     with pytest.raises(SystemExit, match="no eval/step_"):
-        main(["--runs", str(tmp_path)])
+        table_main(["--runs", str(tmp_path)])

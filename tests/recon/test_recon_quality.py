@@ -15,14 +15,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from distinctad.data import ASSETS
 from distinctad.data.annotations import read_annotations
 from distinctad.eval import evaluate
 from distinctad.train.core.engine import warmup_cosine
 from distinctad.train.models.clip_ad import build_clip_ad
 from distinctad.train.models.llm import build_llm, train_bpe_tokenizer
-from distinctad.train.recon.task import ReconModel, collate, pretrain_lm
-from tests.recon.conftest import EVAL_MOVIE, MADEVAL_CSV
+from distinctad.train.recon.lm import pretrain_lm
+from distinctad.train.recon.model import ReconModel, collate
 
+MADEVAL_CSV = ASSETS / "madeval_anno.csv"
+EVAL_MOVIE = "3074_THE_ROOMMATE"
 pytestmark = pytest.mark.slow
 CLIP_MODEL = "distinctad-recon-tiny"
 EPOCHS, BATCH, LR = 4, 32, 3e-2
@@ -47,7 +50,7 @@ class CachedCLIP:
         mask = torch.zeros(len(keys), width, dtype=torch.bool)  # (B, P)
         for i, k in enumerate(keys):
             f, m = self.cache[k]
-            feats[i, :len(f)], mask[i, :len(m)] = f, m
+            feats[i, : len(f)], mask[i, : len(m)] = f, m
         return feats, mask
 
 
@@ -94,13 +97,16 @@ def rows(tmp_path_factory) -> dict[str, dict]:
         losses = train_projector(model, tokenizer, train)
         texts = []
         for i in range(0, len(evals), 64):
-            texts += model.reconstruct([a.sentence for a in evals[i:i + 64]], tokenizer, max_new_tokens=40,
-                                       no_repeat_ngram_size=3)
+            texts += model.reconstruct(
+                [a.sentence for a in evals[i : i + 64]], tokenizer, max_new_tokens=40, no_repeat_ngram_size=3
+            )
         preds = [{"movie": a.movie, "ad_index": a.ad_index, "text": t} for a, t in zip(evals, texts, strict=True)]
         metrics = evaluate(preds, evals, metrics=("bleu", "cider"), recall_k=None, progress=False)
         out[mode] = {"losses": losses, "metrics": metrics, "texts": texts}
-        print(f"{mode}: {len(evals)} eval ADs, projector loss {losses[0]:.2f} -> {sum(losses[-50:]) / 50:.2f}, "
-              f"BLEU-1 {metrics['BLEU-1']:.1f}, BLEU-4 {metrics['BLEU-4']:.1f}, CIDEr {metrics['CIDEr']:.1f}")
+        print(
+            f"{mode}: {len(evals)} eval ADs, projector loss {losses[0]:.2f} -> {sum(losses[-50:]) / 50:.2f}, "
+            f"BLEU-1 {metrics['BLEU-1']:.1f}, BLEU-4 {metrics['BLEU-4']:.1f}, CIDEr {metrics['CIDEr']:.1f}"
+        )
     return out
 
 
