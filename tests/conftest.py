@@ -11,11 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from distinctad.data import ASSETS
-
-SHARED_DATA = ASSETS  # old name, imported by tests/recon until it moves to distinctad.testing
-from distinctad.testing import REPO  # noqa: E402, F401  (same: tests/recon imports it from here)
-
 
 @pytest.fixture
 def one_thread():

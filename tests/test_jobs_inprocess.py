@@ -21,13 +21,61 @@ pytestmark = pytest.mark.slow
 
 TINY = {
     "trivial": [],
-    "stage2": ["--model.feature_dim", "64", "--data.synth_movies", "2", "--data.synth_ads_per_movie", "16",
-               "--eval.generation.num_beams", "1", "--eval.generation.max_new_tokens", "6", "--eval.metrics",
-               "[bleu]", "--eval.max_windows", "2"],
-    "stage1": ["--data.synth_movies", "2", "--data.synth_ads_per_movie", "16", "--data.num_workers", "0",
-               "--train.micro_batch_size", "4", "--eval.figure", "false", "--eval.train_shards", "0",
-               "--eval.vanilla_baseline", "false"],
-    "recon": None,  # the recon job's own in-process test lives in tests/recon (it needs its frozen-model fixture)
+    "stage2": [
+        "--model.feature_dim",
+        "64",
+        "--data.synth_movies",
+        "2",
+        "--data.synth_ads_per_movie",
+        "16",
+        "--eval.generation.num_beams",
+        "1",
+        "--eval.generation.max_new_tokens",
+        "6",
+        "--eval.metrics",
+        "[bleu]",
+        "--eval.max_windows",
+        "2",
+    ],
+    "stage1": [
+        "--data.synth_movies",
+        "2",
+        "--data.synth_ads_per_movie",
+        "16",
+        "--data.num_workers",
+        "0",
+        "--train.micro_batch_size",
+        "4",
+        "--eval.figure",
+        "false",
+        "--eval.train_shards",
+        "0",
+        "--eval.vanilla_baseline",
+        "false",
+    ],
+    # real MAD-Eval text, tiny frozen parts built on first use (random CLIP text tower, tiny GPT-2 + BPE)
+    "recon": [
+        "--data.train_annotations",
+        "data/assets/madeval_anno.csv",
+        "--data.eval_movies",
+        "[3074_THE_ROOMMATE]",
+        "--data.max_train_ads",
+        "256",
+        "--data.max_eval_ads",
+        "8",
+        "--model.clip_model",
+        "distinctad-tiny",
+        "--model.pretrain_steps",
+        "2",
+        "--epochs",
+        "0",
+        "--train.micro_batch_size",
+        "8",
+        "--eval.metrics",
+        "[bleu]",
+        "--eval.generation.max_new_tokens",
+        "6",
+    ],
 }
 
 
@@ -43,12 +91,25 @@ def test_every_job_has_an_in_process_test():
     assert set(TINY) == set(JOBS)
 
 
-@pytest.mark.parametrize("job", [j for j, extra in TINY.items() if extra is not None])
+@pytest.mark.parametrize("job", sorted(TINY))
 def test_job_trains_and_resumes_in_process(job, tmp_path, launcher_env, one_thread):
     out = tmp_path / "run"
-    common = [str(REPO_ROOT / JOBS[job].default_yaml), *TINY[job], "--tracking.enabled", "false",
-              "--run.out_dir", str(out), "--train.log_every", "1", "--train.ckpt_every", "2",
-              "--train.eval_every", "0", "--train.warmup_steps", "1"]
+    common = [
+        str(REPO_ROOT / JOBS[job].default_yaml),
+        *TINY[job],
+        "--tracking.enabled",
+        "false",
+        "--run.out_dir",
+        str(out),
+        "--train.log_every",
+        "1",
+        "--train.ckpt_every",
+        "2",
+        "--train.eval_every",
+        "0",
+        "--train.warmup_steps",
+        "1",
+    ]
     if "--data.synth_movies" in TINY[job]:
         common += ["--data.synth_dir", str(tmp_path / "synth")]
 
@@ -57,8 +118,11 @@ def test_job_trains_and_resumes_in_process(job, tmp_path, launcher_env, one_thre
     summary = json.loads((out / "summary.json").read_text())
     assert summary["step"] == 2
     assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000002"
-    losses = [json.loads(line)["train/loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
-              if "train/loss" in line]
+    losses = [
+        json.loads(line)["train/loss"]
+        for line in (out / "metrics.jsonl").read_text().splitlines()
+        if "train/loss" in line
+    ]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
 
     second = run_job([job, *common, "--train.max_steps", "3"])

@@ -64,9 +64,9 @@ def _job(out: Path, mode: str, *extra: str) -> list[str]:
         "4",
         "--eval.metrics",
         "[bleu, cider]",
-        "--eval.max_new_tokens",
+        "--eval.generation.max_new_tokens",
         "12",
-        "--eval.batch_size",
+        "--eval.generation.batch_size",
         "40",
         *extra,
     ]

@@ -11,9 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from distinctad.data.annotations import BAD_UTF8_POLICIES, DEFAULT_BAD_UTF8
 from distinctad.train.core.config import ConfigError
 from distinctad.train.core.params import DeepSpeedArgs, RunArgs, TrackingArgs, TrainArgs
+from distinctad.train.models.captioner_config import GenerationArgs
 from distinctad.train.models.clip_names import TINY_MODEL
+
+RECON_DECODING = dict(num_beams=1, repetition_penalty=1.0, no_repeat_ngram_size=0, max_new_tokens=67, batch_size=32)
+"""Recon's decoding defaults (our choice): greedy and unpenalised, since a reconstruction should copy the AD."""
 
 
 @dataclass
@@ -42,8 +47,8 @@ class ReconDataArgs:
     """CSV column mapping, keys movie/sentence/start/end/movie_duration (values: the header names in the file)."""
     timestamp_field: Literal["timestamps", "ext_timestamps"] = "timestamps"
     """MAD JSON timestamp field (only orders the ADs here)."""
-    bad_utf8: Literal["error", "repair", "drop"] = "repair"
-    """Invalid UTF-8 in an annotation: fail, replace the bytes by U+FFFD, or drop the row."""
+    bad_utf8: Literal[BAD_UTF8_POLICIES] = DEFAULT_BAD_UTF8  # type: ignore[valid-type]
+    """Invalid UTF-8 in an annotation (the same policies and default as every CLI; see distinctad-shards --help)."""
     max_train_ads: int = 0
     """Train on at most this many ADs, evenly spaced over the set (0: all)."""
     max_eval_ads: int = 0
@@ -129,24 +134,20 @@ class ReconModelArgs:
 class ReconEvalArgs:
     """How the reconstructions are decoded and scored (decoding defaults are our choice)."""
 
-    num_beams: int = 1
-    """Beam width (1: greedy)."""
-    max_new_tokens: int = 67
-    """Longest reconstruction in LM tokens."""
-    repetition_penalty: float = 1.0
-    """HF repetition penalty (1: none; an AD may repeat words)."""
-    no_repeat_ngram_size: int = 0
-    """Never repeat an n-gram of this size (0: off)."""
-    batch_size: int = 32
-    """ADs per generation call."""
+    generation: GenerationArgs = field(default_factory=lambda: GenerationArgs(**RECON_DECODING))
+    """
+    Decoding (the fields of Stage-II's eval.generation); recon's defaults: greedy, no repetition penalty, no n-gram
+    block (an AD may repeat words), 32 ADs per call.
+    """
     metrics: list[str] = field(default_factory=lambda: ["bleu", "meteor", "rouge", "cider", "spice"])
     """Caption metrics of the eval harness (SPICE is skipped with a notice when its Stanford models are absent)."""
     samples_to_log: int = 20
     """Reconstructions shown beside the ground truth in the samples table."""
 
     def __post_init__(self) -> None:
-        if self.num_beams < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ConfigError("eval.num_beams, eval.max_new_tokens and eval.batch_size must be >= 1")
+        g = self.generation
+        if g.num_beams < 1 or g.max_new_tokens < 1 or g.batch_size < 1:
+            raise ConfigError("eval.generation.num_beams, max_new_tokens and batch_size must be >= 1")
 
 
 @dataclass

@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from distinctad.common import resolve_path
 from distinctad.data.annotations import AD, read_annotations
 from distinctad.train.core import distributed as D
 from distinctad.train.core.config import ConfigError
@@ -34,7 +35,12 @@ def evenly_spaced(items: list, k: int) -> list:
 
 
 def _read(path: str, d: ReconDataArgs) -> list[AD]:
-    """The non-empty ADs of one annotation file; a missing or malformed file is a one-line ConfigError."""
+    """The non-empty ADs of one annotation file; a missing or malformed file is a one-line ConfigError.
+
+    A relative path that does not exist from the working directory is looked up in the source checkout, so the
+    shipped ``data/assets/madeval_anno.csv`` of the YAMLs is found from any directory.
+    """
+    path = str(resolve_path(path))
     if not Path(path).is_file():
         raise ConfigError(f"annotation file not found: {path}")
     try:

@@ -3,7 +3,6 @@ loss (:func:`eval_loss`), and the scored Table A.1 row with predictions, report 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -16,9 +15,11 @@ from tqdm import tqdm
 
 from distinctad.common import atomic_write_json, atomic_write_text
 from distinctad.data.annotations import AD
+from distinctad.eval.outputs import write_predictions, write_samples_table
 from distinctad.train.core import distributed as D
 from distinctad.train.core.tracking import Tracker
-from distinctad.train.recon.config import ReconEvalArgs, ReconJob
+from distinctad.train.models.captioner_config import GenerationArgs
+from distinctad.train.recon.config import ReconJob
 from distinctad.train.recon.data import evenly_spaced
 from distinctad.train.recon.model import ReconModel, collate
 from distinctad.train.recon.table import describe_models, table_a1_markdown
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 @torch.no_grad()
 def predict(
-    model: ReconModel, tokenizer, ads: Sequence[AD], gen: ReconEvalArgs, progress: bool = True
+    model: ReconModel, tokenizer, ads: Sequence[AD], gen: GenerationArgs, progress: bool = True
 ) -> list[dict[str, Any]]:
     """Reconstruct every AD of ``ads``; collective: each rank takes a contiguous share, all get the union.
 
@@ -38,12 +39,7 @@ def predict(
     share = math.ceil(len(ads) / D.get_world_size())
     mine = list(ads[D.get_rank() * share : (D.get_rank() + 1) * share])
     out: list[dict[str, Any]] = []
-    kwargs = dict(
-        num_beams=gen.num_beams,
-        max_new_tokens=gen.max_new_tokens,
-        repetition_penalty=gen.repetition_penalty,
-        no_repeat_ngram_size=gen.no_repeat_ngram_size,
-    )
+    kwargs = gen.decoding()
     steps = range(0, len(mine), gen.batch_size)
     for i in tqdm(steps, desc="reconstructing", disable=not (progress and D.is_master())):
         chunk = mine[i : i + gen.batch_size]
@@ -106,8 +102,7 @@ def score(
     result = evaluate(preds, refs, metrics=tuple(cfg.eval.metrics), recall_k=None, progress=False)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     preds = sorted(preds, key=lambda p: (p["movie"], p["ad_index"]))
-    paths = [f"{out_prefix}_predictions.jsonl"]
-    atomic_write_text(paths[0], "".join(json.dumps(p) + "\n" for p in preds))
+    paths = [str(write_predictions(f"{out_prefix}_predictions.jsonl", preds))]
     paths += list(write_report(result, f"{out_prefix}_report"))
     metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float))}
     row = {
@@ -127,11 +122,8 @@ def score(
     notes += list(result["meta"].get("notices", []))
     atomic_write_json(f"{out_prefix}_table_a1.json", row)
     atomic_write_text(f"{out_prefix}_table_a1.md", table_a1_markdown([row], notes=notes))
-    gt = {(a.movie, a.ad_index): a.sentence for a in refs}
-    lines = ["| movie | AD | ground truth | reconstruction |", "|---|---|---|---|"]
-    for p in evenly_spaced(preds, cfg.eval.samples_to_log):
-        lines.append(f"| {p['movie']} | {p['ad_index']} | {gt[(p['movie'], p['ad_index'])]} | {p['text']} |")
-    atomic_write_text(f"{out_prefix}_samples.md", "\n".join(lines) + "\n")
+    shown = evenly_spaced(preds, cfg.eval.samples_to_log)
+    write_samples_table(f"{out_prefix}_samples.md", shown, refs, column="reconstruction")
     paths += [f"{out_prefix}_table_a1.json", f"{out_prefix}_table_a1.md", f"{out_prefix}_samples.md"]
     if tracker is not None:
         for path in paths:

@@ -23,9 +23,10 @@ from torch.nn.utils.rnn import pad_sequence
 
 from distinctad.common import atomic_path, atomic_write_json
 from distinctad.train.core.config import ConfigError, from_dict
+from distinctad.train.models.captioner_config import GenerationArgs
 from distinctad.train.models.clip_ad import CLIPAD, WeightsNotFoundError, build_clip_ad, text_token_outputs
 from distinctad.train.models.llm import build_llm, load_tokenizer, special_ids
-from distinctad.train.recon.config import ReconModelArgs
+from distinctad.train.recon.config import RECON_DECODING, ReconModelArgs
 
 IGNORE = -100
 """Label id that the cross-entropy ignores (PyTorch's default ``ignore_index``)."""
@@ -153,13 +154,14 @@ class ReconModel(nn.Module):
     def generate_ids(
         self,
         clip_tokens: torch.Tensor,
-        num_beams: int = 1,
-        max_new_tokens: int = 67,
-        repetition_penalty: float = 1.0,
-        no_repeat_ngram_size: int = 0,
+        gen: GenerationArgs | None = None,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
-        """Reconstructed token ids (B, new tokens): the LM continues ``[prefix][<BOS>]`` (left-padded)."""
+        """Reconstructed token ids (B, new tokens): the LM continues ``[prefix][<BOS>]`` (left-padded).
+
+        Decoding follows ``gen`` (default: recon's :data:`~distinctad.train.recon.config.RECON_DECODING`); keyword
+        arguments override single HF ``generate`` settings.
+        """
         prefix, prefix_mask = self.prefix(clip_tokens)  # (B, P, H)
         embed = self.llm.get_input_embeddings()
         bos = embed(torch.tensor([self.bos_id], device=prefix.device))  # (1, H)
@@ -171,10 +173,7 @@ class ReconModel(nn.Module):
             inputs[b, L - len(r) :] = r
             attn[b, L - len(r) :] = 1
         kwargs = dict(
-            num_beams=num_beams,
-            max_new_tokens=max_new_tokens,
-            repetition_penalty=repetition_penalty,
-            no_repeat_ngram_size=no_repeat_ngram_size,
+            **(gen or GenerationArgs(**RECON_DECODING)).decoding(),
             min_new_tokens=1,
             do_sample=False,
             pad_token_id=self.pad_id,

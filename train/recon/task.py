@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -177,8 +176,10 @@ class ReconTask(Task):
 
     def evaluate(self, engine, tracker: Tracker, step: int) -> dict[str, float]:
         model: ReconModel = engine.module
-        loss = eval_loss(model, self.tokenizer, self.data.eval, self.cfg.eval.batch_size, self.cfg.model.max_ad_tokens)
-        preds = predict(model, self.tokenizer, self.data.eval, self.cfg.eval)
+        loss = eval_loss(
+            model, self.tokenizer, self.data.eval, self.cfg.eval.generation.batch_size, self.cfg.model.max_ad_tokens
+        )
+        preds = predict(model, self.tokenizer, self.data.eval, self.cfg.eval.generation)
         if not D.is_master():
             return {}
         run_dir = Path(self.cfg.run.out_dir)
@@ -222,13 +223,6 @@ def build_task(cfg: ReconJob) -> ReconTask:
         cfg.train.max_steps = cfg.epochs * steps_per_epoch
         logger.info("%d epochs x %d steps = %d optimizer steps", cfg.epochs, steps_per_epoch, cfg.train.max_steps)
     return task
-
-
-def run(cfg: ReconJob) -> dict[str, Any]:
-    """Resolve data and frozen models, set the step budget from ``epochs``, train and evaluate (collective)."""
-    from distinctad.train.core.loop import fit
-
-    return fit(build_task(cfg), cfg, job="recon")
 
 
 if __name__ == "__main__":  # the table command's former name, kept working: see distinctad.train.recon.table
