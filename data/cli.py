@@ -237,7 +237,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from distinctad.data.shards import verify_shards
+    from distinctad.data.verify import verify_shards
 
     report = verify_shards(args.dir, deep=args.deep)
     for name in report.ok:
@@ -249,7 +249,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from distinctad.data.wds_pipeline import decode_sample, iter_tar_samples
+    from distinctad.data.decode import decode_sample, iter_tar_samples
 
     path = Path(args.path)
     if path.is_dir():

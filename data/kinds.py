@@ -11,6 +11,9 @@ Built-in kinds (the data contract of the README):
 - ``window`` (Stage-II, eval): N consecutive ADs of a movie per sample, their sentences, times and K previous ADs
   as context, plus (with a feature file) ``feats.npy`` (N, T, D) and ``mask.npy`` (N, T); batch ``feats``
   (B, N, T, D), ``frame_mask``, ``clip_mask``, ``sentences``, ``context``.
+
+The module stays whole at ~450 lines: a kind's build half (select, units, encode) and read half (decode, collate)
+must agree on one sample format, so each built-in kind is kept side by side with the :class:`SampleKind` contract.
 """
 
 from __future__ import annotations
@@ -98,7 +101,7 @@ class SampleKind:
     The kind itself is sent to the build's worker processes (``--workers``), so its hooks are module-level
     functions (picklable), not lambdas.
 
-    Reading (``wds_pipeline.py``, in the loader workers):
+    Reading (``decode.py`` and ``wds_pipeline.py``, in the loader workers):
 
     - ``decode(sample, meta, key, read) -> dict``: validate one decoded sample (``decode_sample`` output) and
       return its fields; raise ``ValueError`` naming ``key`` on a bad one (it is skipped and counted).

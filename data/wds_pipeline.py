@@ -17,16 +17,16 @@ Pipeline (training, non-resampled)::
   of that epoch, yielding exactly the batches (same content, same order) an uninterrupted run would have yielded
   from there: worker ``w`` plays worker ``(w + n) mod W`` of the full epoch and skips its first batches. Skipped
   batches are still read and decoded by the workers (nothing is sent to the main process).
-- **No pickle, ever.** Samples are decoded member by member: ``.npy`` with ``allow_pickle=False``, ``.json``,
-  ``.txt``, ``.jpg``. Anything else (``.pyd``, ``.pickle``, ``.pth``...) is ignored, counted, and never touched.
-  Corrupt samples and unreadable tars are logged (rate-limited) and counted, never fatal.
+- **No pickle, ever.** Samples are decoded member by member (``decode.py``): ``.npy`` with ``allow_pickle=False``,
+  ``.json``, ``.txt``, ``.jpg``. Anything else (``.pyd``, ``.pickle``, ``.pth``...) is ignored, counted, and never
+  touched. Corrupt samples and unreadable tars are logged (rate-limited) and counted, never fatal.
+
+Shard lists and sizes (``sizes.json``, ``manifest.json``) are read by ``shardlist.py``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import logging
 import math
 import multiprocessing as mp
@@ -34,22 +34,20 @@ import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
 
-from distinctad.common import warn_once
+from distinctad.data.decode import SampleDecoder
 from distinctad.data.kinds import ReadOptions, SampleKind, get_kind
+from distinctad.data.shardlist import expand_shards, manifest_info, shard_sizes
 
 logger = logging.getLogger(__name__)
 
 # Buffer sizes, overridable by environment (tests use tiny buffers), as open_clip's constants.
 _SAMPLE_SHUFFLE_SIZE = int(os.environ.get("DISTINCTAD_SAMPLE_SHUFFLE_SIZE", 1000))
 _SAMPLE_SHUFFLE_INITIAL = int(os.environ.get("DISTINCTAD_SAMPLE_SHUFFLE_INITIAL", 200))
-UNSAFE_EXTENSIONS = ("pyd", "pickle", "pkl", "pth", "pt", "ckpt", "npz", "mp", "msgpack")
 _LOG_FIRST, _LOG_EVERY = 10, 1000
 _GOPEN_BUFFER = 1 << 20
 
@@ -88,112 +86,6 @@ class CountingHandler:
         if n <= _LOG_FIRST or n % _LOG_EVERY == 0:
             logger.warning("skipped %s #%d: %s: %s", self.what, n, type(exn).__name__, exn)
         return True
-
-
-# ---------------------------------------------------------------- safe decoding
-
-
-# .npy header bytes -> (dtype, shape, Fortran order, data offset). Every window of a shard set has the same few
-# headers, and parsing one (np.load runs ast.literal_eval on it) costs more than reading the 128 KB behind it.
-_NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool, int]] = {}
-_NPY_HEADERS_MAX = 256
-
-
-def _npy_header_end(data: bytes) -> int:
-    """Offset of the array data in an ``.npy`` file (magic, version, header length, header); 0 when malformed."""
-    if len(data) < 10 or data[:6] != b"\x93NUMPY":
-        return 0
-    if data[6] == 1:
-        return 10 + int.from_bytes(data[8:10], "little")
-    return 12 + int.from_bytes(data[8:12], "little") if len(data) >= 12 else 0
-
-
-def _load_npy(data: bytes) -> np.ndarray:
-    """``np.load(..., allow_pickle=False)`` of one member, with the parsed header memoised.
-
-    A header seen before (same bytes, so the same dtype, shape and order) is not parsed again: the array is a
-    read-only view of ``data``. Object dtypes are never cached (np.load refuses them without pickle anyway).
-    """
-    end = _npy_header_end(data)
-    hit = _NPY_HEADERS.get(data[:end]) if end else None
-    if hit is None:
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
-        if end and not arr.dtype.hasobject and len(_NPY_HEADERS) < _NPY_HEADERS_MAX:
-            _NPY_HEADERS[data[:end]] = (arr.dtype, arr.shape, not arr.flags.c_contiguous, end)
-        return arr
-    dtype, shape, fortran, offset = hit
-    count = math.prod(shape)
-    if len(data) - offset < count * dtype.itemsize:
-        raise ValueError(f"truncated .npy: {len(data) - offset} data bytes for shape {shape} {dtype}")
-    return np.frombuffer(data, dtype, count=count, offset=offset).reshape(shape, order="F" if fortran else "C")
-
-
-def _load_jpg(data: bytes) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
-    img.load()  # decode now, so a truncated JPEG fails here (and is counted) rather than in collate
-    return img.convert("RGB")
-
-
-def decode_sample(raw: dict, unsafe_counter: SharedValue | None = None) -> dict:
-    """Decode one raw WebDataset sample using only safe decoders.
-
-    Members whose last extension is not ``json``/``txt``/``npy``/``jpg`` are dropped unread; pickle-like ones
-    (``.pyd``, ``.pth``...) are counted and warned about once. Returns ``__key__``/``__url__`` plus the
-    decoded members (``json`` → object, ``txt`` → str, ``*.npy`` → ndarray, ``*.jpg`` → RGB PIL image).
-    """
-    out = {k: v for k, v in raw.items() if k in ("__key__", "__url__")}
-    for name, value in raw.items():
-        if name.startswith("__"):
-            continue
-        ext = name.rsplit(".", 1)[-1].lower()
-        if ext == "json":
-            out[name] = json.loads(value)
-        elif ext == "txt":
-            out[name] = value.decode("utf-8")
-        elif ext == "npy":
-            out[name] = _load_npy(value)
-        elif ext == "jpg":
-            out[name] = _load_jpg(value)
-        else:
-            if ext in UNSAFE_EXTENSIONS and unsafe_counter is not None:
-                unsafe_counter.add(1)
-            warn_once(logger, f"ignoring shard member type .{ext} (only json/txt/npy/jpg are decoded; never pickle)")
-    return out
-
-
-def iter_tar_samples(path: str, handler: Callable[[Exception], bool] | None = None) -> Iterator[dict]:
-    """Raw samples of one tar, in file order (for ``inspect`` and tests)."""
-    pipeline = wds.DataPipeline(
-        wds.SimpleShardList([path]), wds.tarfile_to_samples(handler=handler or wds.reraise_exception)
-    )
-    return iter(pipeline)
-
-
-@dataclass
-class _Decoder:
-    """Decodes and validates one sample of a kind (runs in the loader workers)."""
-
-    kind: SampleKind
-    read: ReadOptions
-    unsafe: SharedValue
-    skip_empty_ads: bool = False
-
-    def __call__(self, raw: dict) -> dict:
-        try:
-            s = decode_sample(raw, self.unsafe)
-        except Exception as e:  # noqa: BLE001 - name the sample in the skip warning
-            raise ValueError(f"{raw.get('__key__')}: {type(e).__name__}: {e}") from e
-        if "json" not in s:
-            raise ValueError(f"{raw.get('__key__')}: no json member")
-        meta = s["json"]
-        key = s["__key__"]
-        if self.skip_empty_ads:
-            # Training never learns an empty AD. A window is skipped whole: its clips are each other's context
-            # and distinctive-word negatives, so dropping one clip would change what the others learn.
-            sentences = meta.get("sentence")
-            if any(not str(x).strip() for x in (sentences if isinstance(sentences, list) else [sentences])):
-                raise ValueError(f"{key}: empty AD sentence (sample skipped in training)")
-        return {"key": key, "meta": meta, **self.kind.decode(s, meta, key, self.read)}
 
 
 # ---------------------------------------------------------------- collation
@@ -370,59 +262,7 @@ def _pad_samples(placement: _Placement, targets: list[int], batch_size: int):
     return stage
 
 
-# ---------------------------------------------------------------- sizes and the public entry point
-
-
-def expand_shards(shards: str | list[str]) -> list[str]:
-    """Shard paths from a list, a folder (all ``*.tar``), or a brace pattern ``dir/train-{000000..000009}.tar``."""
-    if isinstance(shards, (list, tuple)):
-        urls = [str(s) for s in shards]
-    elif os.path.isdir(shards):
-        urls = [str(p) for p in sorted(Path(shards).glob("*.tar"))]
-    else:
-        urls = wds.shardlists.expand_urls(shards)
-    if not urls:
-        raise ValueError(f"no shards found in {shards!r}")
-    return urls
-
-
-def _count_tar_samples(path: str) -> int:
-    import tarfile
-
-    with tarfile.open(path) as tf:
-        return len({m.name.split(".", 1)[0] for m in tf.getmembers() if m.isfile()})
-
-
-def shard_sizes(urls: list[str]) -> list[int]:
-    """Samples per shard from the ``sizes.json`` beside each shard (tar headers are counted when missing)."""
-    cache: dict[str, dict] = {}
-    out = []
-    for url in urls:
-        folder = os.path.dirname(url)
-        if folder not in cache:
-            p = os.path.join(folder, "sizes.json")
-            cache[folder] = json.loads(Path(p).read_text()) if os.path.isfile(p) else {}
-        name = os.path.basename(url)
-        if name in cache[folder]:
-            out.append(int(cache[folder][name]))
-        else:
-            warn_once(logger, f"{folder}: no sizes.json entry for {name}; counting tar members")
-            out.append(_count_tar_samples(url))
-    return out
-
-
-def _manifest_info(urls: list[str]) -> dict:
-    p = os.path.join(os.path.dirname(urls[0]), "manifest.json")
-    if not os.path.isfile(p):
-        return {}
-    m = json.loads(Path(p).read_text())
-    opts = m.get("options", {})
-    return {
-        "kind": m.get("kind"),
-        "window": opts.get("window"),
-        "num_frames": opts.get("num_frames"),
-        "feature_dim": m.get("feature_dim"),
-    }
+# ---------------------------------------------------------------- the public entry point
 
 
 def world_info() -> tuple[int, int]:
@@ -519,7 +359,7 @@ def get_wds_loader(
     env_rank, env_world = world_info()
     rank = env_rank if rank is None else rank
     world = env_world if world_size is None else world_size
-    info = _manifest_info(urls)
+    info = manifest_info(urls)
     if info.get("kind") not in (None, kind):
         raise ValueError(f"{os.path.dirname(urls[0])}: shards are {info['kind']!r}, not {kind!r}")
     window = window or info.get("window") or 16
@@ -531,7 +371,7 @@ def get_wds_loader(
     placement = _Placement(rank, world, shared_epoch, shared_skip)
     handler = CountingHandler(skipped, "sample")
     read = ReadOptions(window=window, num_frames=num_frames, feature_dim=info.get("feature_dim"), preprocess=preprocess)
-    decoder = _Decoder(sample_kind, read, unsafe, skip_empty_ads=is_train)
+    decoder = SampleDecoder(sample_kind, read, unsafe, skip_empty_ads=is_train)
     collate = _Collate(sample_kind, read)
 
     if is_train:

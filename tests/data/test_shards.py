@@ -12,8 +12,8 @@ import pytest
 
 from distinctad.data.annotations import read_annotations
 from distinctad.data.cli import main
+from distinctad.data.decode import decode_sample, iter_tar_samples
 from distinctad.data.shards import file_sha256
-from distinctad.data.wds_pipeline import decode_sample, iter_tar_samples
 
 from .conftest import MADEVAL_CSV
 

@@ -230,7 +230,7 @@ def test_worker_batches_equal_in_process_batches(win_shards, monkeypatch):
 def test_npy_loader_equals_np_load_and_rejects_truncation(order, dtype):
     import numpy as np
 
-    from distinctad.data.wds_pipeline import _load_npy
+    from distinctad.data.decode import _load_npy
 
     arr = np.asarray(np.arange(24).reshape(2, 3, 4) % 5, dtype=dtype, order=order)
     buf = io.BytesIO()

@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from distinctad.common import atomic_write_json
-from distinctad.data.wds_pipeline import DataInfo, expand_shards, get_wds_loader
+from distinctad.data.shardlist import expand_shards
+from distinctad.data.wds_pipeline import DataInfo, get_wds_loader
 from distinctad.train.core import distributed as D
 from distinctad.train.core.config import ConfigError
 from distinctad.train.core.loop import engine_dtype
@@ -65,8 +66,9 @@ def resolve_shards(data: Stage1DataArgs) -> tuple[str, str]:
     if D.is_master():
         from distinctad.data.synth_default import ensure_synthmad
 
-        dirs = ensure_synthmad(data.synth_dir, kinds=("frames",), movies=data.synth_movies,
-                               ads_per_movie=data.synth_ads_per_movie)
+        dirs = ensure_synthmad(
+            data.synth_dir, kinds=("frames",), movies=data.synth_movies, ads_per_movie=data.synth_ads_per_movie
+        )
     dirs = D.broadcast_object(dirs)
     return dirs["frames-train"], dirs["frames-eval"]
 
@@ -81,8 +83,9 @@ def _shard_movies(urls: list[str]) -> dict[str, list[str]] | None:
     return {u: records.get(os.path.basename(u), []) for u in urls}
 
 
-def read_movie_clips(shards: str, preprocess, movie: str = "", max_clips: int = 32
-                     ) -> tuple[str, torch.Tensor, list[str], list[int]]:
+def read_movie_clips(
+    shards: str, preprocess, movie: str = "", max_clips: int = 32
+) -> tuple[str, torch.Tensor, list[str], list[int]]:
     """The first ``max_clips`` clips (in AD order) of one movie of a frames shard set, read on this rank alone.
 
     Only the shards the manifest lists for the movie are read. Returns (movie, images (n, T, 3, H, W),
@@ -93,8 +96,9 @@ def read_movie_clips(shards: str, preprocess, movie: str = "", max_clips: int = 
     if movies is not None:
         movie = movie or next((m for u in urls for m in movies[u]), "")
         urls = [u for u in urls if movie in movies[u]] or urls
-    info = get_wds_loader(urls, "frames", 16, is_train=False, pad_eval=False, preprocess=preprocess,
-                          rank=0, world_size=1)
+    info = get_wds_loader(
+        urls, "frames", 16, is_train=False, pad_eval=False, preprocess=preprocess, rank=0, world_size=1
+    )
     found: dict[int, tuple[torch.Tensor, str]] = {}
     for batch in info.dataloader:
         for i, m in enumerate(batch["movie"]):
@@ -132,12 +136,21 @@ class Stage1Task(Task):
     def build_model(self) -> nn.Module:
         m = self.cfg.model
         if not m.pretrained and m.name != TINY_MODEL:
-            logger.warning("model.pretrained is empty: %s starts from random weights (only useful for tests and "
-                           "benchmarks; Stage-I adapts a pretrained CLIP)", m.name)
+            logger.warning(
+                "model.pretrained is empty: %s starts from random weights (only useful for tests and "
+                "benchmarks; Stage-I adapts a pretrained CLIP)",
+                m.name,
+            )
         try:
-            model = build_clip_ad(m.name, m.pretrained or None, trainable_vision_blocks=m.trainable_vision_blocks,
-                                  skip_punctuation=m.skip_punctuation, grad_checkpointing=m.grad_checkpointing,
-                                  cache_dir=m.cache_dir or None, image_size=m.image_size or None)
+            model = build_clip_ad(
+                m.name,
+                m.pretrained or None,
+                trainable_vision_blocks=m.trainable_vision_blocks,
+                skip_punctuation=m.skip_punctuation,
+                grad_checkpointing=m.grad_checkpointing,
+                cache_dir=m.cache_dir or None,
+                image_size=m.image_size or None,
+            )
         except (WeightsNotFoundError, ValueError) as e:
             raise ConfigError(f"model: {e}") from None
         # The model as built, before any step (and before a resumed checkpoint is loaded): the "vanilla CLIP" of
@@ -150,8 +163,9 @@ class Stage1Task(Task):
         self.train_tf, self.eval_tf = clip_transforms(model, aug)
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         n_all = sum(p.numel() for p in model.parameters())
-        logger.info("CLIP-AD %s: %.2fM of %.2fM parameters trainable (text tower frozen)", m.name, n_train / 1e6,
-                    n_all / 1e6)
+        logger.info(
+            "CLIP-AD %s: %.2fM of %.2fM parameters trainable (text tower frozen)", m.name, n_train / 1e6, n_all / 1e6
+        )
         return model
 
     # -- training ------------------------------------------------------------------------------------------------
@@ -160,19 +174,30 @@ class Stage1Task(Task):
         if self.train_info is None:
             d = self.cfg.data
             self.train_info = get_wds_loader(
-                self.train_spec, "frames", self.cfg.train.micro_batch_size, is_train=True,
-                num_workers=d.num_workers, seed=self.cfg.run.seed,
-                preprocess=self.train_tf if d.augment else self.eval_tf)
-            logger.info("training on %d clips/epoch: %d batches per rank", self.train_info.num_samples,
-                        self.train_info.num_batches)
+                self.train_spec,
+                "frames",
+                self.cfg.train.micro_batch_size,
+                is_train=True,
+                num_workers=d.num_workers,
+                seed=self.cfg.run.seed,
+                preprocess=self.train_tf if d.augment else self.eval_tf,
+            )
+            logger.info(
+                "training on %d clips/epoch: %d batches per rank",
+                self.train_info.num_samples,
+                self.train_info.num_batches,
+            )
         self.train_info.set_epoch(epoch, skip)
         yield from self.train_info.dataloader
 
     def loss(self, engine, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         images = batch["images"].to(engine.device, engine_dtype(engine), non_blocking=True)  # (B, T, 3, H, W)
         out = self.loss_fn(**engine(images, batch["sentence"]))
-        return out["loss"], {"global_loss": out["global_loss"].item(), "mil_loss": out["mil_loss"].item(),
-                             "logit_scale": engine.module.logit_scale.item()}
+        return out["loss"], {
+            "global_loss": out["global_loss"].item(),
+            "mil_loss": out["mil_loss"].item(),
+            "logit_scale": engine.module.logit_scale.item(),
+        }
 
     def samples_in(self, batch: dict) -> int:
         return len(batch["sentence"])
@@ -189,13 +214,20 @@ class Stage1Task(Task):
             workers = self.cfg.data.num_workers
             sets = {}
             if self.eval_spec:
-                sets[""] = get_wds_loader(self.eval_spec, "frames", bs, is_train=False, num_workers=workers,
-                                          preprocess=self.eval_tf)
+                sets[""] = get_wds_loader(
+                    self.eval_spec, "frames", bs, is_train=False, num_workers=workers, preprocess=self.eval_tf
+                )
             k = self.cfg.eval.train_shards
             if k:
                 urls = expand_shards(self.train_spec)
-                sets["train_"] = get_wds_loader(urls if k < 0 else urls[:k], "frames", bs, is_train=False,
-                                                num_workers=workers, preprocess=self.eval_tf)
+                sets["train_"] = get_wds_loader(
+                    urls if k < 0 else urls[:k],
+                    "frames",
+                    bs,
+                    is_train=False,
+                    num_workers=workers,
+                    preprocess=self.eval_tf,
+                )
             self._eval_sets = sets
         return self._eval_sets
 
@@ -251,8 +283,10 @@ class Stage1Task(Task):
                 metrics[f"{prefix}chance_R@1"] = 100.0 / n
                 if want_vanilla:
                     van = retrieval_metrics(emb["vanilla"], emb["text"])
-                    self._vanilla_metrics = {**(self._vanilla_metrics or {}),
-                                             **{f"vanilla_{prefix}{k}": v for k, v in van.items()}}
+                    self._vanilla_metrics = {
+                        **(self._vanilla_metrics or {}),
+                        **{f"vanilla_{prefix}{k}": v for k, v in van.items()},
+                    }
             metrics.update(self._vanilla_metrics or {})
             if self.cfg.eval.figure and self.eval_spec:
                 metrics.update(self._fig_b2(engine, tracker, step))
@@ -264,19 +298,27 @@ class Stage1Task(Task):
         if D.is_master():
             e = self.cfg.eval
             if self._figure is None:
-                movie, images, sentences, _ = read_movie_clips(self.eval_spec, self.eval_tf, e.figure_movie,
-                                                               e.figure_clips)
+                movie, images, sentences, _ = read_movie_clips(
+                    self.eval_spec, self.eval_tf, e.figure_movie, e.figure_clips
+                )
                 self._figure = {"movie": movie, "images": images, "sentences": sentences}
             fig = self._figure
             if "vanilla" in fig:  # the vanilla model and the text tower never change: embedded once
                 adapted = video_embeddings(engine.module, fig["images"])
             else:
                 vanilla = self.vanilla if self.vanilla is not None else engine.module
-                fig["vanilla"], adapted, fig["text"] = figure_embeddings(vanilla, engine.module, fig["images"],
-                                                                         fig["sentences"])
+                fig["vanilla"], adapted, fig["text"] = figure_embeddings(
+                    vanilla, engine.module, fig["images"], fig["sentences"]
+                )
             png = self.run_dir / "fig_b2" / f"{fig['movie']}_step{step:08d}.png"
-            out = similarity_figure(fig["vanilla"], adapted, fig["text"], png, band=e.figure_band,
-                                    title=f"{fig['movie']}: {len(fig['images'])} consecutive clips, step {step}")
+            out = similarity_figure(
+                fig["vanilla"],
+                adapted,
+                fig["text"],
+                png,
+                band=e.figure_band,
+                title=f"{fig['movie']}: {len(fig['images'])} consecutive clips, step {step}",
+            )
             tracker.log_artifact(png, artifact_path="fig_b2")
             logger.info("Fig. B.2 written to %s", png)
             stats = {f"fig_{k}": v for k, v in out.items() if k.endswith("band_mean")}
@@ -311,9 +353,16 @@ class Stage1Task(Task):
         export.load_state_dict(state)
         out_dir = self.run_dir / EXPORT_DIR
         weights = save_clip(export, out_dir, self.cfg.model.name)
-        atomic_write_json(out_dir / "stage1_export.json", {
-            "model": self.cfg.model.name, "pretrained": self.cfg.model.pretrained, "step": step,
-            "run_dir": str(self.run_dir), "weights": weights.name})
+        atomic_write_json(
+            out_dir / "stage1_export.json",
+            {
+                "model": self.cfg.model.name,
+                "pretrained": self.cfg.model.pretrained,
+                "step": step,
+                "run_dir": str(self.run_dir),
+                "weights": weights.name,
+            },
+        )
         logger.info("exported CLIP-AD (step %d) to %s", step, out_dir)
 
 

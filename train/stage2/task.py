@@ -35,9 +35,14 @@ def resolve_data(cfg: Stage2Job) -> None:
         return
     dirs = None
     if D.is_master():
-        dirs = ensure_synthmad(cfg.data.synth_dir, kinds=("window",), movies=cfg.data.synth_movies,
-                               ads_per_movie=cfg.data.synth_ads_per_movie, seed=cfg.data.synth_seed,
-                               feature_dim=cfg.model.feature_dim)
+        dirs = ensure_synthmad(
+            cfg.data.synth_dir,
+            kinds=("window",),
+            movies=cfg.data.synth_movies,
+            ads_per_movie=cfg.data.synth_ads_per_movie,
+            seed=cfg.data.synth_seed,
+            feature_dim=cfg.model.feature_dim,
+        )
     dirs = D.broadcast_object(dirs)
     cfg.data.train_shards = cfg.data.train_shards or dirs["window-train"]
     cfg.data.eval_shards = cfg.data.eval_shards or dirs["window-eval"]
@@ -47,7 +52,7 @@ def shard_sentences(shards: str) -> list[str]:
     """Every AD sentence in the ``json`` members of window shards (nothing else is decoded)."""
     import tarfile
 
-    from distinctad.data.wds_pipeline import expand_shards
+    from distinctad.data.shardlist import expand_shards
     from distinctad.eval.inputs import EvalInputError, read_shard_references
 
     sentences: list[str] = []
@@ -79,9 +84,15 @@ class Stage2Task(Task):
     def __init__(self, cfg: Stage2Job, tokenizer):
         self.cfg = cfg
         self.tokenizer = tokenizer
-        self.train_data = get_wds_loader(cfg.data.train_shards, "window", cfg.train.micro_batch_size,
-                                         is_train=True, num_workers=cfg.data.num_workers,
-                                         resampled=cfg.data.resampled, seed=cfg.run.seed)
+        self.train_data = get_wds_loader(
+            cfg.data.train_shards,
+            "window",
+            cfg.train.micro_batch_size,
+            is_train=True,
+            num_workers=cfg.data.num_workers,
+            resampled=cfg.data.resampled,
+            seed=cfg.run.seed,
+        )
 
     def build_model(self) -> torch.nn.Module:
         return DistinctADCaptioner(self.cfg.model, self.tokenizer)
@@ -106,8 +117,14 @@ class Stage2Task(Task):
     def evaluate(self, engine, tracker: Tracker, step: int) -> dict[str, float]:
         if not self.cfg.eval.enabled:
             return {}
-        preds = predict(engine.module, self.tokenizer, self.cfg.data.eval_shards, self.cfg.eval.generation,
-                        max_windows=self.cfg.eval.max_windows, zero3=engine.zero_optimization_stage() == 3)
+        preds = predict(
+            engine.module,
+            self.tokenizer,
+            self.cfg.data.eval_shards,
+            self.cfg.eval.generation,
+            max_windows=self.cfg.eval.max_windows,
+            zero3=engine.zero_optimization_stage() == 3,
+        )
         if not D.is_master():
             return {}
         return score(preds, self.cfg, Path(self.cfg.run.out_dir) / "eval" / f"step_{step:08d}", tracker)
@@ -123,8 +140,15 @@ def sync_ema_mean(model: torch.nn.Module) -> None:
 
 
 @torch.no_grad()
-def predict(model: DistinctADCaptioner, tokenizer, shards: str, gen: GenerationArgs, *, max_windows: int = 0,
-            zero3: bool = False) -> list[dict[str, Any]]:
+def predict(
+    model: DistinctADCaptioner,
+    tokenizer,
+    shards: str,
+    gen: GenerationArgs,
+    *,
+    max_windows: int = 0,
+    zero3: bool = False,
+) -> list[dict[str, Any]]:
     """One generated AD per clip of ``shards``; collective: every rank generates its share, all get the union."""
     data = get_wds_loader(shards, "window", gen.batch_size, is_train=False)
     mine: list[dict[str, Any]] = []
@@ -171,9 +195,17 @@ def score(preds: list[dict[str, Any]], cfg: Stage2Job, out_prefix: Path, tracker
     if empty:
         logger.warning("%d of %d generated ADs are empty; they score as empty hypotheses", empty, len(preds))
     # predict() yields exactly one AD per eval clip, so the only "problem" allowed here is an empty generation.
-    result = evaluate(preds, refs, metrics=tuple(cfg.eval.metrics), recall_k=cfg.eval.recall_k,
-                      recall_n=cfg.eval.recall_n, backend=cfg.eval.backend,
-                      backend_model=cfg.eval.backend_model or None, progress=False, allow_missing=bool(empty))
+    result = evaluate(
+        preds,
+        refs,
+        metrics=tuple(cfg.eval.metrics),
+        recall_k=cfg.eval.recall_k,
+        recall_n=cfg.eval.recall_n,
+        backend=cfg.eval.backend,
+        backend_model=cfg.eval.backend_model or None,
+        progress=False,
+        allow_missing=bool(empty),
+    )
     preds_path = write_predictions(f"{out_prefix}_predictions.jsonl", preds)
     json_path, md_path = write_report(result, f"{out_prefix}_report")
     first = sorted(preds, key=lambda p: (p["movie"], p["ad_index"]))[: cfg.eval.samples_to_log]

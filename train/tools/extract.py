@@ -19,6 +19,10 @@ Distributed: under a launcher (deepspeed, torchrun) each rank takes whole movies
 the frames shards holding them and writes their window shards; rank 0 then merges the per-shard records into the
 manifest. Every output shard belongs to one movie. Resumable: a shard whose file matches its record (size and
 sha256) and was made by the same model and options is skipped, so a killed job re-run does only what is missing.
+
+Planning (frames scan, output shards, movie → rank) is in :mod:`~distinctad.train.tools.extract_plan`; the rest stays
+one module, over ~450 lines, because the resume contract (signature of weights and options, per-shard records,
+rank 0's merge) runs through loading the model, writing shards and merging the manifest alike.
 """
 
 from __future__ import annotations
@@ -39,102 +43,25 @@ import webdataset as wds
 from tqdm import tqdm
 
 from distinctad.common import atomic_path, atomic_write_json, init_logger
-from distinctad.data.annotations import AD
+from distinctad.data.shardlist import expand_shards
 from distinctad.data.shards import (
     BUILDER_VERSION,
     BuildOptions,
     Unit,
     file_sha256,
     npy_bytes,
-    shard_name,
     source_record,
     window_meta,
-    window_units,
 )
-from distinctad.data.wds_pipeline import expand_shards, get_wds_loader
+from distinctad.data.wds_pipeline import get_wds_loader
 from distinctad.train.core import distributed as D
 from distinctad.train.models.clip_ad import DEFAULT_MODEL, WeightsNotFoundError, clip_transforms, create_clip
+from distinctad.train.tools.extract_plan import ShardPlan, assign_movies, plan_shards, scan_frames
 
 logger = logging.getLogger("distinctad.train.tools.extract")  # the same name when run as __main__
 
 PARTS_DIR = ".parts"
 """Per-shard records written by the rank that made the shard; rank 0 merges them into manifest.json."""
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Planning
-
-
-def scan_frames(urls: list[str]) -> tuple[dict[str, list[AD]], dict[str, list[str]], int]:
-    """Every clip of a frames shard set from the json members alone (JPEG data is seeked over, not read).
-
-    Returns:
-        (ADs per movie sorted by ad_index, shard urls holding each movie in order, T frames per clip).
-    """
-    by_movie: dict[str, list[AD]] = {}
-    where: dict[str, list[str]] = {}
-    frames_per_clip = 0
-    for url in urls:
-        with tarfile.open(url) as tf:
-            jpgs: dict[str, int] = {}
-            for member in tf:
-                if not member.isfile():
-                    continue
-                key, _, ext = member.name.partition(".")
-                if ext.endswith("jpg"):
-                    jpgs[key] = jpgs.get(key, 0) + 1
-                elif ext == "json":
-                    meta = json.loads(tf.extractfile(member).read())
-                    movie = meta["movie"]
-                    by_movie.setdefault(movie, []).append(
-                        AD(movie, int(meta["ad_index"]), float(meta["start"]), float(meta["end"]), meta["sentence"]))
-                    if url not in where.setdefault(movie, []):
-                        where[movie].append(url)
-            if jpgs:
-                frames_per_clip = max(frames_per_clip, max(jpgs.values()))
-    for movie, ads in by_movie.items():
-        ads.sort(key=lambda a: a.ad_index)
-        dup = len(ads) - len({a.ad_index for a in ads})
-        if dup:
-            raise ValueError(f"movie {movie}: {dup} duplicate ad_index values in the frames shards")
-    return by_movie, where, frames_per_clip
-
-
-@dataclass
-class ShardPlan:
-    """One output shard: windows of a single movie."""
-
-    name: str
-    movie: str
-    units: list[Unit]
-
-    @property
-    def ads(self) -> int:
-        return sum(len(u.ads) for u in self.units)
-
-
-def plan_shards(by_movie: dict[str, list[AD]], opts: BuildOptions) -> list[ShardPlan]:
-    """Windows per movie (the builder's ``window_units``: stride N, K text context), ``maxcount`` per shard.
-
-    Movies in sorted order, a shard never spans two movies (each rank writes whole movies).
-    """
-    shards: list[ShardPlan] = []
-    for movie in sorted(by_movie):
-        units = window_units(movie, by_movie[movie], opts)
-        for lo in range(0, len(units), opts.maxcount):
-            shards.append(ShardPlan(shard_name(opts.split, len(shards)), movie, units[lo:lo + opts.maxcount]))
-    return shards
-
-
-def assign_movies(ad_counts: dict[str, int], world: int) -> dict[str, int]:
-    """movie -> rank, balancing ADs per rank (largest movie first onto the least loaded rank; deterministic)."""
-    load = [0] * world
-    out: dict[str, int] = {}
-    for movie in sorted(ad_counts, key=lambda m: (-ad_counts[m], m)):
-        rank = min(range(world), key=lambda r: (load[r], r))
-        out[movie] = rank
-        load[rank] += ad_counts[movie]
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -168,8 +95,9 @@ def resolve_pretrained_arg(pretrained: str, model: str) -> tuple[str, bool, str]
     return str(p), False, model
 
 
-def load_vision(model: str, pretrained: str, *, cache_dir: str | None = None, seed: int = 0,
-                device: str | torch.device = "cpu") -> tuple[torch.nn.Module, object, VisionSource]:
+def load_vision(
+    model: str, pretrained: str, *, cache_dir: str | None = None, seed: int = 0, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, object, VisionSource]:
     """The open_clip model (eval mode) and its eval transform; random weights (seeded) when ``pretrained`` is empty."""
     path, adapted, model = resolve_pretrained_arg(pretrained, model)
     if not path:
@@ -203,12 +131,17 @@ def window_sample(unit: Unit, split: str, feats: list[np.ndarray], window: int) 
     arr[: len(feats)] = np.stack(feats)
     mask[: len(feats)] = True  # every frame of a frames-shard clip is a real frame
     meta = window_meta(unit, split)
-    return {"__key__": unit.key, "json": json.dumps(meta, ensure_ascii=False).encode("utf-8"),
-            "feats.npy": npy_bytes(arr), "mask.npy": npy_bytes(mask)}
+    return {
+        "__key__": unit.key,
+        "json": json.dumps(meta, ensure_ascii=False).encode("utf-8"),
+        "feats.npy": npy_bytes(arr),
+        "mask.npy": npy_bytes(mask),
+    }
 
 
-def write_shard(out: Path, shard: ShardPlan, feats: dict[int, np.ndarray], split: str, window: int,
-                signature: str) -> dict:
+def write_shard(
+    out: Path, shard: ShardPlan, feats: dict[int, np.ndarray], split: str, window: int, signature: str
+) -> dict:
     """Write one shard atomically (fixed tar metadata, as the builder) and its record; returns the record."""
     path = out / shard.name
     with atomic_path(path) as tmp:
@@ -218,9 +151,16 @@ def write_shard(out: Path, shard: ShardPlan, feats: dict[int, np.ndarray], split
                 writer.write(window_sample(unit, split, [feats[a[0]] for a in unit.ads], window))
             writer.close()
     os.chmod(path, 0o644)
-    record = {"file": shard.name, "samples": len(shard.units), "bytes": path.stat().st_size,
-              "sha256": file_sha256(path), "movies": [shard.movie], "ads": shard.ads, "dropped": {},
-              "signature": signature}
+    record = {
+        "file": shard.name,
+        "samples": len(shard.units),
+        "bytes": path.stat().st_size,
+        "sha256": file_sha256(path),
+        "movies": [shard.movie],
+        "ads": shard.ads,
+        "dropped": {},
+        "signature": signature,
+    }
     atomic_write_json(out / PARTS_DIR / f"{shard.name}.json", record)
     return record
 
@@ -280,8 +220,9 @@ def extract(cfg: ExtractConfig, rank: int | None = None, world: int | None = Non
     urls = expand_shards(cfg.frames)
     missing = [u for u in urls if not os.path.isfile(u)]
     if missing:
-        raise ValueError(f"frames shard not found: {missing[0]}" + (f" (and {len(missing) - 1} more)"
-                                                                    if len(missing) > 1 else ""))
+        raise ValueError(
+            f"frames shard not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
     frames_dir = Path(urls[0]).parent
     frames_manifest = {}
     if (frames_dir / "manifest.json").is_file():
@@ -294,19 +235,27 @@ def extract(cfg: ExtractConfig, rank: int | None = None, world: int | None = Non
     by_movie, where, T = scan
     if not by_movie:
         raise ValueError(f"{cfg.frames}: no clips found in the frames shards")
-    opts = BuildOptions(kind="window", split=split, num_frames=T, window=cfg.window, context=cfg.context,
-                        maxcount=cfg.maxcount)
+    opts = BuildOptions(
+        kind="window", split=split, num_frames=T, window=cfg.window, context=cfg.context, maxcount=cfg.maxcount
+    )
     plan = plan_shards(by_movie, opts)
 
-    device = torch.device(cfg.device or (f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available()
-                                         else "cpu"))
-    clip, eval_tf, source = load_vision(cfg.model, cfg.pretrained, cache_dir=cfg.cache_dir or None, seed=cfg.seed,
-                                        device=device)
+    device = torch.device(cfg.device or (f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"))
+    clip, eval_tf, source = load_vision(
+        cfg.model, cfg.pretrained, cache_dir=cfg.cache_dir or None, seed=cfg.seed, device=device
+    )
     autocast = _autocast_dtype(cfg.precision, device)
-    signature = hashlib.sha256(json.dumps({
-        "options": asdict(opts), "weights": source.weights_sha256, "precision": str(autocast),
-        "frames": frames_manifest.get("plan_hash") or sorted(os.path.basename(u) for u in urls),
-    }, sort_keys=True).encode()).hexdigest()
+    signature = hashlib.sha256(
+        json.dumps(
+            {
+                "options": asdict(opts),
+                "weights": source.weights_sha256,
+                "precision": str(autocast),
+                "frames": frames_manifest.get("plan_hash") or sorted(os.path.basename(u) for u in urls),
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -315,18 +264,21 @@ def extract(cfg: ExtractConfig, rank: int | None = None, world: int | None = Non
     done = {s.name for s in mine if shard_done(out, s.name, signature) is not None}
     todo = [s for s in mine if s.name not in done]
     if done:
-        logger.info("rank %d: %d/%d shards already complete (same model and options); skipping them", rank,
-                    len(done), len(mine))
+        logger.info(
+            "rank %d: %d/%d shards already complete (same model and options); skipping them", rank, len(done), len(mine)
+        )
     todo_movies = sorted({s.movie for s in todo})
     written, failed = [], []
     if todo_movies:
-        written, failed = _run(cfg, clip, eval_tf, device, autocast, todo, todo_movies, by_movie, where, opts, out,
-                               signature, rank)
+        written, failed = _run(
+            cfg, clip, eval_tf, device, autocast, todo, todo_movies, by_movie, where, opts, out, signature, rank
+        )
     D.barrier()
     manifest = None
     if rank == 0:
-        manifest = merge_manifest(out, plan, opts, frames_dir, frames_manifest, source, signature,
-                                  feature_dim=int(clip.visual.output_dim))
+        manifest = merge_manifest(
+            out, plan, opts, frames_dir, frames_manifest, source, signature, feature_dim=int(clip.visual.output_dim)
+        )
     D.barrier()
     return {"written": written, "skipped": sorted(done), "failed": failed, "manifest": manifest}
 
@@ -335,15 +287,30 @@ def extract(cfg: ExtractConfig, rank: int | None = None, world: int | None = Non
 def _run(cfg, clip, eval_tf, device, autocast, todo, todo_movies, by_movie, where, opts, out, signature, rank):
     """Embed the clips of ``todo_movies`` and write their pending shards as each movie completes."""
     urls = sorted({u for m in todo_movies for u in where[m]})
-    info = get_wds_loader(urls, "frames", cfg.batch_size, is_train=False, pad_eval=False, num_workers=cfg.num_workers,
-                          preprocess=eval_tf, num_frames=opts.num_frames, rank=0, world_size=1)
+    info = get_wds_loader(
+        urls,
+        "frames",
+        cfg.batch_size,
+        is_train=False,
+        pad_eval=False,
+        num_workers=cfg.num_workers,
+        preprocess=eval_tf,
+        num_frames=opts.num_frames,
+        rank=0,
+        world_size=1,
+    )
     wanted = set(todo_movies)
     expected = {m: len(by_movie[m]) for m in todo_movies}
     pending = {m: [s for s in todo if s.movie == m] for m in todo_movies}
     buffers: dict[str, dict[int, np.ndarray]] = {m: {} for m in todo_movies}
     written: list[str] = []
-    bar = tqdm(total=sum(expected.values()), unit="clip", desc=f"extract (rank {rank})", position=rank,
-               disable=not cfg.progress)
+    bar = tqdm(
+        total=sum(expected.values()),
+        unit="clip",
+        desc=f"extract (rank {rank})",
+        position=rank,
+        disable=not cfg.progress,
+    )
     for batch in info.dataloader:
         rows = [i for i, m in enumerate(batch["movie"]) if m in wanted]
         if not rows:
@@ -367,13 +334,26 @@ def _run(cfg, clip, eval_tf, device, autocast, todo, todo_movies, by_movie, wher
     bar.close()
     failed = sorted(pending)
     for movie in failed:
-        logger.error("movie %s: only %d of %d clips could be read (%d corrupt samples skipped); its shards are not "
-                     "written", movie, len(buffers[movie]), expected[movie], info.num_skipped)
+        logger.error(
+            "movie %s: only %d of %d clips could be read (%d corrupt samples skipped); its shards are not written",
+            movie,
+            len(buffers[movie]),
+            expected[movie],
+            info.num_skipped,
+        )
     return written, failed
 
 
-def merge_manifest(out: Path, plan: list[ShardPlan], opts: BuildOptions, frames_dir: Path, frames_manifest: dict,
-                   source: VisionSource, signature: str, feature_dim: int) -> dict:
+def merge_manifest(
+    out: Path,
+    plan: list[ShardPlan],
+    opts: BuildOptions,
+    frames_dir: Path,
+    frames_manifest: dict,
+    source: VisionSource,
+    signature: str,
+    feature_dim: int,
+) -> dict:
     """Rank 0: the builder-format ``manifest.json`` and ``sizes.json`` from the per-shard records."""
     records = {}
     for shard in plan:
@@ -399,9 +379,13 @@ def merge_manifest(out: Path, plan: list[ShardPlan], opts: BuildOptions, frames_
         "curation": {},
         "complete": len(records) == len(plan),
         "shards": shards,
-        "totals": {"shards": len(shards), "samples": sum(s["samples"] for s in shards),
-                   "bytes": sum(s["bytes"] for s in shards), "movies": len(all_movies) - len(missing),
-                   "ads": sum(s["ads"] for s in shards)},
+        "totals": {
+            "shards": len(shards),
+            "samples": sum(s["samples"] for s in shards),
+            "bytes": sum(s["bytes"] for s in shards),
+            "movies": len(all_movies) - len(missing),
+            "ads": sum(s["ads"] for s in shards),
+        },
         "extraction": {
             "frames": str(frames_dir),
             "frames_plan_hash": frames_manifest.get("plan_hash"),
@@ -415,9 +399,16 @@ def merge_manifest(out: Path, plan: list[ShardPlan], opts: BuildOptions, frames_
     }
     atomic_write_json(out / "manifest.json", manifest)
     atomic_write_json(out / "sizes.json", {s["file"]: s["samples"] for s in shards})
-    logger.info("%s: %d/%d shards, %d windows, %d ADs of %d movies%s", out, len(shards), len(plan),
-                manifest["totals"]["samples"], manifest["totals"]["ads"], manifest["totals"]["movies"],
-                "" if manifest["complete"] else f" (incomplete: {', '.join(missing)})")
+    logger.info(
+        "%s: %d/%d shards, %d windows, %d ADs of %d movies%s",
+        out,
+        len(shards),
+        len(plan),
+        manifest["totals"]["samples"],
+        manifest["totals"]["ads"],
+        manifest["totals"]["movies"],
+        "" if manifest["complete"] else f" (incomplete: {', '.join(missing)})",
+    )
     return manifest
 
 
@@ -426,14 +417,24 @@ def merge_manifest(out: Path, plan: list[ShardPlan], opts: BuildOptions, frames_
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="distinctad-extract", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="distinctad-extract",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--frames", required=True, help="Frames shards: a folder, a brace pattern or one .tar.")
     p.add_argument("--out", required=True, help="Output folder for the window shards, manifest.json and sizes.json.")
-    p.add_argument("--pretrained", default="", help="A Stage-I run directory (uses its clip_ad/), a saved CLIP "
-                   "folder, a checkpoint file, or an open_clip tag in the local cache; empty: random weights (tests).")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="open_clip architecture of --pretrained (ignored when it "
-                   "is a folder with its own open_clip_config.json).")
+    p.add_argument(
+        "--pretrained",
+        default="",
+        help="A Stage-I run directory (uses its clip_ad/), a saved CLIP "
+        "folder, a checkpoint file, or an open_clip tag in the local cache; empty: random weights (tests).",
+    )
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="open_clip architecture of --pretrained (ignored when it is a folder with its own open_clip_config.json).",
+    )
     p.add_argument("--cache-dir", default="", help="Hugging Face / open_clip cache folder to look tags up in.")
     p.add_argument("--seed", type=int, default=0, help="Seed of the random weights when --pretrained is empty.")
     p.add_argument("--split", default="", help="Split name of the output shards; default: the frames shards' split.")
@@ -443,15 +444,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32, help="Clips per forward pass.")
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers (JPEG decoding, preprocessing).")
     p.add_argument("--device", default="", help="Torch device; default: this rank's GPU, else cpu.")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                   help="Autocast precision of the forward; auto: fp16 on GPU, fp32 on CPU (features are stored "
-                   "as float16 either way).")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="Autocast precision of the forward; auto: fp16 on GPU, fp32 on CPU (features are stored "
+        "as float16 either way).",
+    )
     p.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.window < 1 or args.context < 0 or args.maxcount < 1 or args.batch_size < 1 or args.num_workers < 0:
-        raise SystemExit("error: need --window >= 1, --context >= 0, --maxcount >= 1, --batch-size >= 1, "
-                         "--num-workers >= 0")
+        raise SystemExit(
+            "error: need --window >= 1, --context >= 0, --maxcount >= 1, --batch-size >= 1, --num-workers >= 0"
+        )
     if "-" in args.split or "/" in args.split:
         raise SystemExit(f"error: --split must not contain '-' or '/', got {args.split!r}")
     return args
@@ -464,11 +470,23 @@ def main(argv: list[str] | None = None) -> None:
     if distributed:
         D.init_distributed()
     init_logger(rank=D.get_rank())
-    cfg = ExtractConfig(frames=args.frames, out=args.out, model=args.model, pretrained=args.pretrained,
-                        cache_dir=args.cache_dir, seed=args.seed, split=args.split, window=args.window,
-                        context=args.context, maxcount=args.maxcount, batch_size=args.batch_size,
-                        num_workers=args.num_workers, device=args.device, precision=args.precision,
-                        progress=not args.no_progress)
+    cfg = ExtractConfig(
+        frames=args.frames,
+        out=args.out,
+        model=args.model,
+        pretrained=args.pretrained,
+        cache_dir=args.cache_dir,
+        seed=args.seed,
+        split=args.split,
+        window=args.window,
+        context=args.context,
+        maxcount=args.maxcount,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        precision=args.precision,
+        progress=not args.no_progress,
+    )
     try:
         result = extract(cfg)
     except (WeightsNotFoundError, ValueError, OSError, tarfile.TarError) as e:
@@ -480,8 +498,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: movies not extracted (unreadable clips): {', '.join(result['failed'])}")
     if result["manifest"] is not None:
         t = result["manifest"]["totals"]
-        print(f"extracted {t['ads']} ADs of {t['movies']} movies into {t['samples']} windows / {t['shards']} shards "
-              f"in {cfg.out} (wrote {len(result['written'])}, skipped {len(result['skipped'])} complete)")
+        print(
+            f"extracted {t['ads']} ADs of {t['movies']} movies into {t['samples']} windows / {t['shards']} shards "
+            f"in {cfg.out} (wrote {len(result['written'])}, skipped {len(result['skipped'])} complete)"
+        )
 
 
 if __name__ == "__main__":

@@ -24,18 +24,27 @@ logger = logging.getLogger(__name__)
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from distinctad.train.core.config import field_docs
 
-    p = argparse.ArgumentParser(prog="distinctad-generate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="A Stage-II run directory (its latest checkpoint is used) or one "
-                   "checkpoint directory (runs/NAME/checkpoints/step_00000060).")
+    p = argparse.ArgumentParser(
+        prog="distinctad-generate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--ckpt",
+        required=True,
+        help="A Stage-II run directory (its latest checkpoint is used) or one "
+        "checkpoint directory (runs/NAME/checkpoints/step_00000060).",
+    )
     p.add_argument("--shards", required=True, help="Window feature shards: a folder, glob or brace pattern.")
     p.add_argument("--out", required=True, help="Predictions JSONL to write (atomically).")
     # one flag per GenerationArgs field, with its default and its documentation
     defaults, docs = GenerationArgs(), field_docs(GenerationArgs)
     for f in dataclasses.fields(GenerationArgs):
         default = getattr(defaults, f.name)
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(default), default=default,
-                       help=f"{docs[f.name]} Default: %(default)s.")
+        p.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=type(default),
+            default=default,
+            help=f"{docs[f.name]} Default: %(default)s.",
+        )
     p.add_argument("--max-windows", type=int, default=0, help="Stop after this many windows per rank (0: all).")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     return p.parse_args(argv)
@@ -63,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     tok_dir = cfg.model.tokenizer or cfg.model.llm
     if not Path(tok_dir).exists() and (root.parent / "tokenizer").is_dir():
         tok_dir = str(root.parent / "tokenizer")  # the run directory was moved
-    from distinctad.data.wds_pipeline import expand_shards
+    from distinctad.data.shardlist import expand_shards
 
     try:
         expand_shards(args.shards)
@@ -78,8 +87,14 @@ def main(argv: list[str] | None = None) -> None:
     checkpoint.load(engine, root, tag, load_optimizer=False)
     gen = GenerationArgs(**{f.name: getattr(args, f.name) for f in dataclasses.fields(GenerationArgs)})
     engine.eval()
-    preds = predict(engine.module, tokenizer, args.shards, gen, max_windows=args.max_windows,
-                    zero3=engine.zero_optimization_stage() == 3)
+    preds = predict(
+        engine.module,
+        tokenizer,
+        args.shards,
+        gen,
+        max_windows=args.max_windows,
+        zero3=engine.zero_optimization_stage() == 3,
+    )
     if D.is_master():
         write_predictions(args.out, preds)
         logger.info("wrote %d predictions from %s/%s to %s", len(preds), root, tag, args.out)

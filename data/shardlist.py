@@ -1,0 +1,71 @@
+"""Shard lists and sizes: which tars a shard argument names, how many samples each holds, what made them.
+
+Used by the streaming reader (``wds_pipeline.py``) to size epochs, and by the jobs and tools that take a
+``--shards`` / ``--frames`` argument (a list, a folder of ``*.tar`` or a brace pattern).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import webdataset as wds
+
+from distinctad.common import warn_once
+
+logger = logging.getLogger(__name__)
+
+
+def expand_shards(shards: str | list[str]) -> list[str]:
+    """Shard paths from a list, a folder (all ``*.tar``), or a brace pattern ``dir/train-{000000..000009}.tar``."""
+    if isinstance(shards, (list, tuple)):
+        urls = [str(s) for s in shards]
+    elif os.path.isdir(shards):
+        urls = [str(p) for p in sorted(Path(shards).glob("*.tar"))]
+    else:
+        urls = wds.shardlists.expand_urls(shards)
+    if not urls:
+        raise ValueError(f"no shards found in {shards!r}")
+    return urls
+
+
+def _count_tar_samples(path: str) -> int:
+    import tarfile
+
+    with tarfile.open(path) as tf:
+        return len({m.name.split(".", 1)[0] for m in tf.getmembers() if m.isfile()})
+
+
+def shard_sizes(urls: list[str]) -> list[int]:
+    """Samples per shard from the ``sizes.json`` beside each shard (tar headers are counted when missing)."""
+    cache: dict[str, dict] = {}
+    out = []
+    for url in urls:
+        folder = os.path.dirname(url)
+        if folder not in cache:
+            p = os.path.join(folder, "sizes.json")
+            cache[folder] = json.loads(Path(p).read_text()) if os.path.isfile(p) else {}
+        name = os.path.basename(url)
+        if name in cache[folder]:
+            out.append(int(cache[folder][name]))
+        else:
+            warn_once(logger, f"{folder}: no sizes.json entry for {name}; counting tar members")
+            out.append(_count_tar_samples(url))
+    return out
+
+
+def manifest_info(urls: list[str]) -> dict:
+    """``kind``, ``window``, ``num_frames``, ``feature_dim`` of the ``manifest.json`` beside the shards (or ``{}``)."""
+    p = os.path.join(os.path.dirname(urls[0]), "manifest.json")
+    if not os.path.isfile(p):
+        return {}
+    m = json.loads(Path(p).read_text())
+    opts = m.get("options", {})
+    return {
+        "kind": m.get("kind"),
+        "window": opts.get("window"),
+        "num_frames": opts.get("num_frames"),
+        "feature_dim": m.get("feature_dim"),
+    }
