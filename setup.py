@@ -24,8 +24,12 @@ setup(
     description="DistinctAD: distinctive audio description for movies, trained at scale with DeepSpeed",
     python_requires=">=3.10",
     packages=["distinctad", *_packages("train"), *_packages("data"), *_packages("eval")],
-    package_dir={"distinctad": "distinctad", "distinctad.train": "train", "distinctad.data": "data",
-                 "distinctad.eval": "eval"},
+    package_dir={
+        "distinctad": "distinctad",
+        "distinctad.train": "train",
+        "distinctad.data": "data",
+        "distinctad.eval": "eval",
+    },
     package_data={"distinctad.train.models": ["model_configs/*.json"], "distinctad.data": ["assets/*", "assets/**/*"]},
     install_requires=[
         *TORCH,

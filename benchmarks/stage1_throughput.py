@@ -25,8 +25,15 @@ from distinctad.train.stage1.losses import Stage1Loss, make_step
 logger = logging.getLogger(__name__)
 
 _NAMES = ["Ana", "Bob", "The old man", "A girl", "Tom", "She", "He"]
-_ACTIONS = ["opens the red door", "looks out of the window", "drives away in a blue car", "smiles at Bob",
-            "picks up a letter", "runs down the dark street", "sits on the bed"]
+_ACTIONS = [
+    "opens the red door",
+    "looks out of the window",
+    "drives away in a blue car",
+    "smiles at Bob",
+    "picks up a letter",
+    "runs down the dark street",
+    "sits on the bed",
+]
 
 
 def random_batch(model: CLIPAD, batch_size: int, frames: int, device: str, seed: int = 0):
@@ -42,10 +49,16 @@ def random_batch(model: CLIPAD, batch_size: int, frames: int, device: str, seed:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", type=str, default=TINY_MODEL, help="open_clip architecture (distinctad-tiny, ViT-B-32, "
-                   "ViT-B-16).")
-    p.add_argument("--pretrained", type=str, default=None, help="Local CLIP weights (file, folder or cached tag); "
-                   "random weights when omitted (enough for a throughput figure).")
+    p.add_argument(
+        "--model", type=str, default=TINY_MODEL, help="open_clip architecture (distinctad-tiny, ViT-B-32, ViT-B-16)."
+    )
+    p.add_argument(
+        "--pretrained",
+        type=str,
+        default=None,
+        help="Local CLIP weights (file, folder or cached tag); "
+        "random weights when omitted (enough for a throughput figure).",
+    )
     p.add_argument("--device", type=str, default="cpu", help="Torch device, e.g. cpu or cuda.")
     p.add_argument("--bf16", action="store_true", help="Run the forward pass under bfloat16 autocast.")
     p.add_argument("--batch-size", type=int, default=8, help="Clips per step (B).")
@@ -69,8 +82,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     init_logger()
     try:
-        model = build_clip_ad(args.model, args.pretrained, trainable_vision_blocks=args.trainable_blocks,
-                              grad_checkpointing=args.grad_checkpointing, device=args.device)
+        model = build_clip_ad(
+            args.model,
+            args.pretrained,
+            trainable_vision_blocks=args.trainable_blocks,
+            grad_checkpointing=args.grad_checkpointing,
+            device=args.device,
+        )
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     model.train()
@@ -88,13 +106,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     last = float(out["loss"])  # .item() synchronises before the clock stops
     sync()
     dt = time.perf_counter() - t0
-    result = {"clips_per_s": args.batch_size * args.steps / dt, "ms_per_step": 1000 * dt / args.steps,
-              "loss_first": losses[0] if losses else last, "loss_last": last}
+    result = {
+        "clips_per_s": args.batch_size * args.steps / dt,
+        "ms_per_step": 1000 * dt / args.steps,
+        "loss_first": losses[0] if losses else last,
+        "loss_last": last,
+    }
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"stage1 step  model={args.model} device={args.device} bf16={args.bf16} B={args.batch_size} "
-          f"T={args.frames} trainable={n_train / 1e6:.2f}M: {result['clips_per_s']:.1f} clips/s "
-          f"({result['ms_per_step']:.1f} ms/step); loss first {result['loss_first']:.4f} "
-          f"last {result['loss_last']:.4f}")
+    print(
+        f"stage1 step  model={args.model} device={args.device} bf16={args.bf16} B={args.batch_size} "
+        f"T={args.frames} trainable={n_train / 1e6:.2f}M: {result['clips_per_s']:.1f} clips/s "
+        f"({result['ms_per_step']:.1f} ms/step); loss first {result['loss_first']:.4f} "
+        f"last {result['loss_last']:.4f}"
+    )
     if args.device.startswith("cuda"):
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
     return result

@@ -40,8 +40,11 @@ logger = logging.getLogger(__name__)
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=TINY_MODEL, help="open_clip architecture (distinctad-tiny, ViT-B-32, ViT-B-16).")
-    p.add_argument("--pretrained", default=None, help="Local CLIP weights; random weights when omitted (enough for "
-                   "throughput and memory).")
+    p.add_argument(
+        "--pretrained",
+        default=None,
+        help="Local CLIP weights; random weights when omitted (enough for throughput and memory).",
+    )
     p.add_argument("--stages", type=int, nargs="+", default=[1, 2], help="ZeRO stages to compare.")
     p.add_argument("--bf16", action="store_true", help="bf16 engine (GPU only); default fp32.")
     p.add_argument("--batch-size", type=int, default=8, help="Clips per rank per step (micro batch).")
@@ -91,9 +94,14 @@ def bench_stage(args: argparse.Namespace, stage: int) -> dict[str, float]:
         losses.append(step())
     sync()
     dt = D.all_reduce_mean(time.perf_counter() - t0)
-    result = {"zero": stage, "clips_per_s": args.batch_size * D.get_world_size() * args.steps / dt,
-              "ms_per_step": 1000 * dt / args.steps, "loss_first": losses[0], "loss_last": losses[-1],
-              "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+    result = {
+        "zero": stage,
+        "clips_per_s": args.batch_size * D.get_world_size() * args.steps / dt,
+        "ms_per_step": 1000 * dt / args.steps,
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+    }
     return result  # the engine goes out of scope here; main collects it before the next stage
 
 
@@ -111,13 +119,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows.append({**r, "peak_gib_per_gpu": peaks})
     if D.is_master():
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-        print(f"stage1 step via DeepSpeed  model={args.model} device={device} x{D.get_world_size()} "
-              f"{'bf16' if args.bf16 else 'fp32'} B={args.batch_size}/rank T={args.frames}")
+        print(
+            f"stage1 step via DeepSpeed  model={args.model} device={device} x{D.get_world_size()} "
+            f"{'bf16' if args.bf16 else 'fp32'} B={args.batch_size}/rank T={args.frames}"
+        )
         print(f"{'ZeRO':>4}  {'clips/s':>9}  {'ms/step':>8}  {'loss first→last':>17}  peak GiB per GPU")
         for r in rows:
             peaks = ", ".join("n/a (cpu)" if p is None else f"{p:.2f}" for p in r["peak_gib_per_gpu"])
-            print(f"{r['zero']:>4}  {r['clips_per_s']:>9.1f}  {r['ms_per_step']:>8.1f}  "
-                  f"{r['loss_first']:>7.3f} → {r['loss_last']:<7.3f}  {peaks}")
+            print(
+                f"{r['zero']:>4}  {r['clips_per_s']:>9.1f}  {r['ms_per_step']:>8.1f}  "
+                f"{r['loss_first']:>7.3f} → {r['loss_last']:<7.3f}  {peaks}"
+            )
         if args.out:
             Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
     D.shutdown()

@@ -16,14 +16,34 @@ from distinctad.train.trivial.config import TrivialJob
 JOBS: dict[str, JobSpec] = {
     spec.name: spec
     for spec in (
-        JobSpec("trivial", "a small MLP regression that proves engine, checkpoints and tracking",
-                TrivialJob, "distinctad.train.trivial.task:build_task", "launch/configs/trivial.yaml"),
-        JobSpec("stage1", "Stage-I: CLIP-AD adaptation of the CLIP vision tower on frames shards",
-                Stage1Job, "distinctad.train.stage1.task:build_task", "launch/configs/stage1.yaml"),
-        JobSpec("stage2", "Stage-II: the DistinctAD captioner on window feature shards",
-                Stage2Job, "distinctad.train.stage2.task:build_task", "launch/configs/stage2.yaml"),
-        JobSpec("recon", "Table A.1: AD reconstruction from frozen CLIP text features",
-                ReconJob, "distinctad.train.recon.task:build_task", "launch/configs/recon.yaml"),
+        JobSpec(
+            "trivial",
+            "a small MLP regression that proves engine, checkpoints and tracking",
+            TrivialJob,
+            "distinctad.train.trivial.task:build_task",
+            "launch/configs/trivial.yaml",
+        ),
+        JobSpec(
+            "stage1",
+            "Stage-I: CLIP-AD adaptation of the CLIP vision tower on frames shards",
+            Stage1Job,
+            "distinctad.train.stage1.task:build_task",
+            "launch/configs/stage1.yaml",
+        ),
+        JobSpec(
+            "stage2",
+            "Stage-II: the DistinctAD captioner on window feature shards",
+            Stage2Job,
+            "distinctad.train.stage2.task:build_task",
+            "launch/configs/stage2.yaml",
+        ),
+        JobSpec(
+            "recon",
+            "Table A.1: AD reconstruction from frozen CLIP text features",
+            ReconJob,
+            "distinctad.train.recon.task:build_task",
+            "launch/configs/recon.yaml",
+        ),
     )
 }
 

@@ -27,8 +27,9 @@ jobs:
 def _usage() -> str:
     from distinctad.train.jobs import JOBS
 
-    return USAGE.format(jobs="\n".join(f"  {s.name:<8} {s.summary} (default config {s.default_yaml})"
-                                       for s in JOBS.values()))
+    return USAGE.format(
+        jobs="\n".join(f"  {s.name:<8} {s.summary} (default config {s.default_yaml})" for s in JOBS.values())
+    )
 
 
 def strip_launcher_args(argv: list[str]) -> list[str]:
@@ -66,7 +67,10 @@ def run_job(argv: list[str] | None = None) -> dict:
     spec = JOBS[job]
     if "-h" in rest or "--help" in rest:
         head = USAGE.splitlines()[0].replace("JOB", job)
-        print(f"{head}\n\n{spec.summary}; default config {spec.default_yaml}.\n\nkeys:\n" + "\n".join(describe(spec.config)))
+        print(
+            f"{head}\n\n{spec.summary}; default config {spec.default_yaml}.\n\nkeys:\n"
+            + "\n".join(describe(spec.config))
+        )
         raise SystemExit(0)
     path = rest[0] if rest and not rest[0].startswith("--") else None
     overrides = rest[1:] if path else rest

@@ -14,8 +14,14 @@ from distinctad.train.stage1.config import Stage1LossConfig
 from distinctad.train.stage1.losses import Stage1Loss, make_step
 from distinctad.train.stage1.retrieval import retrieval_metrics
 
-CAPTIONS = ["Ana opens the red door.", "Bob drives a blue car.", "The old man reads a letter.",
-            "A girl runs down the street.", "Tom sits on the bed.", "She lights a candle."]
+CAPTIONS = [
+    "Ana opens the red door.",
+    "Bob drives a blue car.",
+    "The old man reads a letter.",
+    "A girl runs down the street.",
+    "Tom sits on the bed.",
+    "She lights a candle.",
+]
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -29,13 +29,36 @@ STEPS = 60
 def stage1_run(tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("stage1")
     run_dir, synth = tmp / "run", tmp / "synth"
-    run_cmd(deepspeed_cmd(2, REPO / "launch/stage1.sh", str(REPO / "launch/configs/stage1.yaml"),
-                          "--run.out_dir", str(run_dir), "--tracking.uri", f"sqlite:///{tmp}/mlflow.db",
-                          "--data.synth_dir", str(synth), "--train.max_steps", str(STEPS),
-                          "--train.eval_every", "30", "--train.ckpt_every", "30", "--eval.figure_clips", "16"),
-            cwd=tmp, env={"OMP_NUM_THREADS": "1"}, timeout=240)
-    return {"tmp": tmp, "run": run_dir, "frames_train": synth / "shards/frames-train",
-            "frames_eval": synth / "shards/frames-eval"}
+    run_cmd(
+        deepspeed_cmd(
+            2,
+            REPO / "launch/stage1.sh",
+            str(REPO / "launch/configs/stage1.yaml"),
+            "--run.out_dir",
+            str(run_dir),
+            "--tracking.uri",
+            f"sqlite:///{tmp}/mlflow.db",
+            "--data.synth_dir",
+            str(synth),
+            "--train.max_steps",
+            str(STEPS),
+            "--train.eval_every",
+            "30",
+            "--train.ckpt_every",
+            "30",
+            "--eval.figure_clips",
+            "16",
+        ),
+        cwd=tmp,
+        env={"OMP_NUM_THREADS": "1"},
+        timeout=240,
+    )
+    return {
+        "tmp": tmp,
+        "run": run_dir,
+        "frames_train": synth / "shards/frames-train",
+        "frames_eval": synth / "shards/frames-eval",
+    }
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -135,19 +158,39 @@ def test_export_loads_back_text_tower_frozen_vision_trained(stage1_run):
 
 def test_extract_adapted_eval_windows(stage1_run, tmp_path, capsys):
     out = tmp_path / "feats"
-    extract_main(["--frames", str(stage1_run["frames_eval"]), "--pretrained", str(stage1_run["run"]), "--out",
-                  str(out), "--model", TINY_MODEL, "--window", "10", "--maxcount", "2", "--num-workers", "0",
-                  "--no-progress"])
+    extract_main(
+        [
+            "--frames",
+            str(stage1_run["frames_eval"]),
+            "--pretrained",
+            str(stage1_run["run"]),
+            "--out",
+            str(out),
+            "--model",
+            TINY_MODEL,
+            "--window",
+            "10",
+            "--maxcount",
+            "2",
+            "--num-workers",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert "extracted 48 ADs of 1 movies into 5 windows / 3 shards" in capsys.readouterr().out
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "window" and manifest["complete"] and manifest["split"] == "eval"
     assert manifest["feature_dim"] == 64 and manifest["options"]["window"] == 10
     assert manifest["extraction"]["adapted"] is True
     assert [s["samples"] for s in manifest["shards"]] == [2, 2, 1]
-    assert json.loads((out / "sizes.json").read_text()) == {"eval-000000.tar": 2, "eval-000001.tar": 2,
-                                                              "eval-000002.tar": 1}
-    assert {m: sum(s["ads"] for s in manifest["shards"] if m in s["movies"]) for m in manifest["movies"]} == \
-        dict(_frames_per_movie(stage1_run["frames_eval"]))
+    assert json.loads((out / "sizes.json").read_text()) == {
+        "eval-000000.tar": 2,
+        "eval-000001.tar": 2,
+        "eval-000002.tar": 1,
+    }
+    assert {m: sum(s["ads"] for s in manifest["shards"] if m in s["movies"]) for m in manifest["movies"]} == dict(
+        _frames_per_movie(stage1_run["frames_eval"])
+    )
 
     batches = list(get_wds_loader(str(out), "window", 8, is_train=False, pad_eval=False).dataloader)
     assert len(batches) == 1
@@ -164,8 +207,13 @@ def test_extract_adapted_eval_windows(stage1_run, tmp_path, capsys):
     # The features are the exported model's normalised frame embeddings under the eval transform.
     model = build_clip_ad(TINY_MODEL, str(stage1_run["run"] / "clip_ad")).eval()
     _, eval_tf = clip_transforms(model)
-    frames = next(iter(get_wds_loader(str(stage1_run["frames_eval"]), "frames", 4, is_train=False, pad_eval=False,
-                                      preprocess=eval_tf).dataloader))
+    frames = next(
+        iter(
+            get_wds_loader(
+                str(stage1_run["frames_eval"]), "frames", 4, is_train=False, pad_eval=False, preprocess=eval_tf
+            ).dataloader
+        )
+    )
     with torch.no_grad():
         expected = model.encode_video(frames["images"])  # (4, 8, 64)
     for i in range(4):
@@ -175,8 +223,15 @@ def test_extract_adapted_eval_windows(stage1_run, tmp_path, capsys):
 
 
 def test_extract_two_ranks_by_movie_and_resume(stage1_run, tmp_path):
-    cfg = ExtractConfig(frames=str(stage1_run["frames_train"]), out=str(tmp_path / "feats"), model=TINY_MODEL,
-                        pretrained=str(stage1_run["run"] / "clip_ad"), maxcount=1, num_workers=0, progress=False)
+    cfg = ExtractConfig(
+        frames=str(stage1_run["frames_train"]),
+        out=str(tmp_path / "feats"),
+        model=TINY_MODEL,
+        pretrained=str(stage1_run["run"] / "clip_ad"),
+        maxcount=1,
+        num_workers=0,
+        progress=False,
+    )
     # The two ranks' work, one after the other (no process group: no collective is needed); rank 0 merges.
     r1 = extract(cfg, rank=1, world=2)
     r0 = extract(cfg, rank=0, world=2)
@@ -189,8 +244,13 @@ def test_extract_two_ranks_by_movie_and_resume(stage1_run, tmp_path):
     frames = _frames_per_movie(stage1_run["frames_train"])
     assert movies_0 | movies_1 == set(frames) == set(manifest["movies"])
     # 3 movies x 48 ADs -> 3 windows each, one window per shard.
-    assert manifest["totals"] == {"shards": 9, "samples": 9, "movies": 3, "ads": 144,
-                                  "bytes": sum(s["bytes"] for s in manifest["shards"])}
+    assert manifest["totals"] == {
+        "shards": 9,
+        "samples": 9,
+        "movies": 3,
+        "ads": 144,
+        "bytes": sum(s["bytes"] for s in manifest["shards"]),
+    }
     assert {m: sum(s["ads"] for s in manifest["shards"] if m in s["movies"]) for m in frames} == dict(frames)
     info = get_wds_loader(cfg.out, "window", 3, is_train=True, seed=0)  # Stage-II training reads them
     batch = next(iter(info.dataloader))
@@ -215,8 +275,17 @@ def test_extract_cli_errors(tmp_path, stage1_run):
     with pytest.raises(SystemExit, match="error: frames shard not found: .*nope"):
         extract_main(["--frames", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="error: CLIP weights not found at"):
-        extract_main(["--frames", str(stage1_run["frames_eval"]), "--out", str(tmp_path / "o"),
-                      "--pretrained", str(tmp_path / "missing.bin"), "--no-progress"])
+        extract_main(
+            [
+                "--frames",
+                str(stage1_run["frames_eval"]),
+                "--out",
+                str(tmp_path / "o"),
+                "--pretrained",
+                str(tmp_path / "missing.bin"),
+                "--no-progress",
+            ]
+        )
     with pytest.raises(SystemExit, match="error: need --window >= 1"):
         extract_main(["--frames", "x", "--out", "y", "--window", "0"])
     window_dir = tmp_path / "w"
@@ -235,8 +304,13 @@ def test_stage1_help_lists_job_keys(capsys):
         main(["stage1", "--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for key in ("--model.trainable_vision_blocks", "--loss.lambda_mil", "--data.train_shards", "--eval.figure_movie",
-                "--deepspeed.zero_stage"):
+    for key in (
+        "--model.trainable_vision_blocks",
+        "--loss.lambda_mil",
+        "--data.train_shards",
+        "--eval.figure_movie",
+        "--deepspeed.zero_stage",
+    ):
         assert key in text
 
 
@@ -249,8 +323,17 @@ def test_configs_load_and_missing_weights_is_a_one_line_error(stage1_run, tmp_pa
     assert big.model.name == "ViT-B-32" and big.deepspeed.zero_stage == 2 and big.deepspeed.precision == "bf16"
     with pytest.raises(ConfigError, match="data.aug_scale"):
         load_config(Stage1Job, None, ["--data.aug_scale", "[0.5]"])
-    cfg = load_config(Stage1Job, REPO / "launch/configs/stage1.yaml",
-                      ["--data.train_shards", str(stage1_run["frames_train"]), "--run.out_dir", str(tmp_path),
-                       "--model.pretrained", str(tmp_path / "none.bin")])
+    cfg = load_config(
+        Stage1Job,
+        REPO / "launch/configs/stage1.yaml",
+        [
+            "--data.train_shards",
+            str(stage1_run["frames_train"]),
+            "--run.out_dir",
+            str(tmp_path),
+            "--model.pretrained",
+            str(tmp_path / "none.bin"),
+        ],
+    )
     with pytest.raises(ConfigError, match=r"^model: CLIP weights not found at .*none\.bin[^\n]*$"):
         Stage1Task(cfg).build_model()

@@ -59,8 +59,9 @@ def test_mil_max_picks_the_frame_that_contains_the_word():
 
 def test_mil_nce_hand_computed():
     # 2 clips of 2 frames; AD 0 has words {a, b}, AD 1 has word {c} (second slot padding).
-    frames = torch.stack([torch.stack([_unit(1, 0, 0), _unit(0, 1, 0)]),
-                          torch.stack([_unit(0, 0, 1), _unit(1, 1, 0)])])  # (2, 2, 3)
+    frames = torch.stack(
+        [torch.stack([_unit(1, 0, 0), _unit(0, 1, 0)]), torch.stack([_unit(0, 0, 1), _unit(1, 1, 0)])]
+    )  # (2, 2, 3)
     a, b, c = _unit(1, 0.2, 0), _unit(0, 1, 1), _unit(0, 0, 1)
     words = torch.stack([torch.stack([a, b]), torch.stack([c, torch.zeros(3)])])  # (2, 2, 3)
     mask = torch.tensor([[True, True], [True, False]])
@@ -90,7 +91,7 @@ def test_mil_ignores_clips_without_words():
     full = mil_nce(frames, words, mask)
     keep = [0, 2, 3]
     # Clip 1 contributes 0 and its (masked) words are no negatives: sum over the others / B.
-    parts = [mil_nce(frames[i:i + 1], words[keep], mask[keep], offset=keep.index(i)) for i in keep]
+    parts = [mil_nce(frames[i : i + 1], words[keep], mask[keep], offset=keep.index(i)) for i in keep]
     torch.testing.assert_close(full, sum(parts) / 4)
 
 
@@ -128,8 +129,15 @@ def _dist_worker(rank, world, port, data, out_dir):
             loss_fn = Stage1Loss(Stage1LossConfig(**cfg_kwargs), rank=rank, world_size=world)
             out = loss_fn(frames, text, data["words"][sl, :width], data["mask"][sl, :width], scale)
             out["loss"].backward()
-            torch.save({**{k: v.detach() for k, v in out.items()}, "frames_grad": frames.grad,
-                        "text_grad": text.grad, "scale_grad": scale.grad}, f"{out_dir}/cfg{i}_rank{rank}.pt")
+            torch.save(
+                {
+                    **{k: v.detach() for k, v in out.items()},
+                    "frames_grad": frames.grad,
+                    "text_grad": text.grad,
+                    "scale_grad": scale.grad,
+                },
+                f"{out_dir}/cfg{i}_rank{rank}.pt",
+            )
     finally:
         dist.destroy_process_group()
 

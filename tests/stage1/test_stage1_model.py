@@ -27,8 +27,9 @@ TEXTS = ["Ana opens the red door!", "Bob, smiling, drives away", "She nods."]
 
 
 def _text_state(model):
-    return {k: v.clone() for k, v in model.clip.state_dict().items() if not k.startswith("visual.")
-            and k != "logit_scale"}
+    return {
+        k: v.clone() for k, v in model.clip.state_dict().items() if not k.startswith("visual.") and k != "logit_scale"
+    }
 
 
 def test_text_tower_frozen_and_unchanged_vision_trained(tiny_model):
@@ -44,8 +45,9 @@ def test_text_tower_frozen_and_unchanged_vision_trained(tiny_model):
         out = loss_fn(**model(images, TEXTS))
         opt.zero_grad()
         out["loss"].backward()
-        text_params = [p for n, p in model.clip.named_parameters() if not n.startswith("visual.")
-                       and n != "logit_scale"]
+        text_params = [
+            p for n, p in model.clip.named_parameters() if not n.startswith("visual.") and n != "logit_scale"
+        ]
         assert text_params and all(p.grad is None and not p.requires_grad for p in text_params)
         opt.step()
     after_text = _text_state(model)
@@ -92,8 +94,10 @@ def test_text_token_outputs_and_words(tiny_model):
 
     emb, mask = model.encode_words(TEXTS)
     # Hand-decoded words: BPE tokens between SOT and EOT minus punctuation.
-    words = [[model.tokenizer.decoder[int(t)] for t, m in zip(tokens[b, 1:1 + mask.shape[1]], mask[b]) if m]
-             for b in range(3)]
+    words = [
+        [model.tokenizer.decoder[int(t)] for t, m in zip(tokens[b, 1 : 1 + mask.shape[1]], mask[b]) if m]
+        for b in range(3)
+    ]
     assert words[0] == ["ana</w>", "opens</w>", "the</w>", "red</w>", "door</w>"]
     assert words[1] == ["bob</w>", "smiling</w>", "drives</w>", "away</w>"]
     assert words[2] == ["she</w>", "no", "ds</w>"]  # a "word" is a BPE token: "nods" is two of them
@@ -167,7 +171,10 @@ def test_transforms(tiny_model):
     x = eval_tf(img)
     assert x.shape == (3, 32, 32)
     # Pure red, normalised with CLIP's mean/std.
-    torch.testing.assert_close(x[:, 16, 16], torch.tensor([(1 - 0.48145466) / 0.26862954,
-                                                          (0 - 0.4578275) / 0.26130258,
-                                                          (0 - 0.40821073) / 0.27577711]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        x[:, 16, 16],
+        torch.tensor([(1 - 0.48145466) / 0.26862954, (0 - 0.4578275) / 0.26130258, (0 - 0.40821073) / 0.27577711]),
+        atol=1e-3,
+        rtol=0,
+    )
     assert train_tf(img).shape == (3, 32, 32)

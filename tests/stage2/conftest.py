@@ -8,8 +8,16 @@ import torch
 from distinctad.train.models.llm import train_bpe_tokenizer
 
 NAMES = ["Ana", "Bo", "Cleo", "Dev"]
-ACTIONS = ["opens the red door", "walks into the kitchen", "smiles at the stranger", "picks up a knife",
-           "drives the blue car", "reads a letter", "runs down the stairs", "looks out the window"]
+ACTIONS = [
+    "opens the red door",
+    "walks into the kitchen",
+    "smiles at the stranger",
+    "picks up a knife",
+    "drives the blue car",
+    "reads a letter",
+    "runs down the stairs",
+    "looks out the window",
+]
 SENTENCES = [f"{n} {a}." for n in NAMES for a in ACTIONS]
 
 
@@ -37,8 +45,16 @@ def window_batch(B: int = 2, N: int = 4, T: int = 3, D: int = 16, valid: tuple[i
     frame_mask[0, 0, -1] = False  # one short clip
     feats = torch.randn(B, N, T, D, generator=g) * frame_mask[..., None]
     ad_index = torch.where(clip_mask, torch.arange(N).expand(B, N), torch.full((B, N), -1))
-    return dict(feats=feats, frame_mask=frame_mask, clip_mask=clip_mask, sentences=sentences, context=context,
-                movie=["m0", "m1"][:B], ad_index=ad_index, key=[f"m{b}__000000" for b in range(B)])
+    return dict(
+        feats=feats,
+        frame_mask=frame_mask,
+        clip_mask=clip_mask,
+        sentences=sentences,
+        context=context,
+        movie=["m0", "m1"][:B],
+        ad_index=ad_index,
+        key=[f"m{b}__000000" for b in range(B)],
+    )
 
 
 @pytest.fixture

@@ -6,8 +6,16 @@ import torch
 from distinctad.train.models.captioner import CaptionerConfig, DistinctADCaptioner, build_captioner, prepare_batch
 from distinctad.train.models.captioner_config import GenerationArgs
 
-TINY = dict(feature_dim=16, d_model=32, num_latents=4, perceiver_layers=1, perceiver_heads=4, num_bases=8,
-            context_ads=2, llm="tiny-gpt2")
+TINY = dict(
+    feature_dim=16,
+    d_model=32,
+    num_latents=4,
+    perceiver_layers=1,
+    perceiver_heads=4,
+    num_bases=8,
+    context_ads=2,
+    llm="tiny-gpt2",
+)
 
 
 def test_prepare_batch_layout(tokenizer, make_batch):
@@ -32,7 +40,7 @@ def test_prepare_batch_layout(tokenizer, make_batch):
         lab = p["text_labels"][v][p["text_labels"][v] != -100].tolist()
         assert lab[-1] == eos and tokenizer.decode(lab[:-1]) == sentence
         ids = p["text_ids"][v][p["text_mask"][v]].tolist()
-        assert ids[len(ids) - len(lab) - 1] == bos and ids[-len(lab):] == lab
+        assert ids[len(ids) - len(lab) - 1] == bos and ids[-len(lab) :] == lab
     assert p["text_mask"][:, 0].all()  # right padding for training
 
 
@@ -101,8 +109,9 @@ def test_decoding_settings_come_from_generation_args(tokenizer, make_batch, monk
     assert {k: seen[-1][k] for k in decoding} == GenerationArgs().decoding()
     gen = GenerationArgs(num_beams=3, repetition_penalty=1.5, no_repeat_ngram_size=2, max_new_tokens=9)
     model.generate(prepared, tokenizer, gen)
-    assert {k: seen[-1][k] for k in decoding} == dict(num_beams=3, repetition_penalty=1.5, no_repeat_ngram_size=2,
-                                                      max_new_tokens=9)
+    assert {k: seen[-1][k] for k in decoding} == dict(
+        num_beams=3, repetition_penalty=1.5, no_repeat_ngram_size=2, max_new_tokens=9
+    )
     model.generate_ids(prepared, gen, max_new_tokens=4, min_new_tokens=0)
     assert (seen[-1]["num_beams"], seen[-1]["max_new_tokens"], seen[-1]["min_new_tokens"]) == (3, 4, 0)
 
@@ -111,8 +120,9 @@ def test_tiny_llama_lora_trains_only_adapters(tokenizer, make_batch):
     cfg = CaptionerConfig(**{**TINY, "llm": "tiny-llama"}, lora=True, lora_r=4, alpha_path=True)
     model, _ = build_captioner(cfg, tokenizer)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all(n.startswith(("perceiver.", "ema.", "xattn.", "prompt.", "proj.")) or "lora_" in n
-                             for n in trainable)
+    assert trainable and all(
+        n.startswith(("perceiver.", "ema.", "xattn.", "prompt.", "proj.")) or "lora_" in n for n in trainable
+    )
     assert any("lora_" in n for n in trainable)
     base = {n: p.detach().clone() for n, p in model.llm.named_parameters() if "lora_" not in n}
     lora = {n: p.detach().clone() for n, p in model.llm.named_parameters() if "lora_" in n}
@@ -135,8 +145,9 @@ def test_tiny_llama_lora_trains_only_adapters(tokenizer, make_batch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_bf16_llm(tokenizer, make_batch):
-    cfg = CaptionerConfig(**{**TINY, "llm": "tiny-llama"}, llm_dtype="bfloat16", alpha_path=True, beta_path=True,
-                          lambda_dist=0.1)
+    cfg = CaptionerConfig(
+        **{**TINY, "llm": "tiny-llama"}, llm_dtype="bfloat16", alpha_path=True, beta_path=True, lambda_dist=0.1
+    )
     model = DistinctADCaptioner(cfg, tokenizer).cuda()
     prepared = {k: v.cuda() for k, v in prepare_batch(make_batch(), tokenizer, cfg).items()}
     out = model(**prepared)

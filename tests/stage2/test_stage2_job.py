@@ -12,8 +12,14 @@ from distinctad.data.synth_default import ensure_synthmad
 from distinctad.testing import REPO, deepspeed_cmd, run_cmd
 
 pytestmark = pytest.mark.slow
-FAST_EVAL = ["--eval.generation.num_beams", "1", "--eval.generation.max_new_tokens", "8",
-             "--eval.metrics", "[bleu, cider]"]
+FAST_EVAL = [
+    "--eval.generation.num_beams",
+    "1",
+    "--eval.generation.max_new_tokens",
+    "8",
+    "--eval.metrics",
+    "[bleu, cider]",
+]
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +30,23 @@ def synth(tmp_path_factory) -> Path:
 
 
 def _job(synth: Path, out: Path, *extra: str) -> list[str]:
-    return [str(REPO / "launch/configs/stage2.yaml"), "--tracking.enabled", "false", "--data.synth_dir", str(synth),
-            "--model.feature_dim", "64", "--run.out_dir", str(out), "--train.keep_checkpoints", "5",
-            "--train.log_every", "2", *FAST_EVAL, *extra]
+    return [
+        str(REPO / "launch/configs/stage2.yaml"),
+        "--tracking.enabled",
+        "false",
+        "--data.synth_dir",
+        str(synth),
+        "--model.feature_dim",
+        "64",
+        "--run.out_dir",
+        str(out),
+        "--train.keep_checkpoints",
+        "5",
+        "--train.log_every",
+        "2",
+        *FAST_EVAL,
+        *extra,
+    ]
 
 
 def _losses(run_dir: Path) -> list[float]:
@@ -41,8 +61,9 @@ def _eval_ads(synth: Path) -> list[tuple[str, int]]:
 
 
 def _check_predictions(run_dir: Path, step: int, synth: Path) -> None:
-    preds = [json.loads(line) for line in
-             (run_dir / f"eval/step_{step:08d}_predictions.jsonl").read_text().splitlines()]
+    preds = [
+        json.loads(line) for line in (run_dir / f"eval/step_{step:08d}_predictions.jsonl").read_text().splitlines()
+    ]
     assert sorted((p["movie"], p["ad_index"]) for p in preds) == _eval_ads(synth)  # one AD per clip, no duplicates
     assert all(p["text"].strip() for p in preds)
 
@@ -52,8 +73,12 @@ def test_two_ranks_zero2_loss_falls_resume_equals_uninterrupted_and_generates(sy
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     script = REPO / "launch/stage2.sh"
     run_cmd(deepspeed_cmd(2, script, *_job(synth, straight, "--train.max_steps", str(steps))), cwd=tmp_path)
-    run_cmd(deepspeed_cmd(2, script, *_job(synth, resumed, "--train.max_steps", str(steps), "--train.stop_after",
-                                           str(steps // 2))), cwd=tmp_path)
+    run_cmd(
+        deepspeed_cmd(
+            2, script, *_job(synth, resumed, "--train.max_steps", str(steps), "--train.stop_after", str(steps // 2))
+        ),
+        cwd=tmp_path,
+    )
     assert json.loads((resumed / "summary.json").read_text())["step"] == steps // 2
     run_cmd(deepspeed_cmd(2, script, *_job(synth, resumed, "--train.max_steps", str(steps))), cwd=tmp_path)
 
@@ -75,10 +100,27 @@ def test_two_ranks_zero2_loss_falls_resume_equals_uninterrupted_and_generates(sy
 
 def test_two_ranks_zero3_lora_tiny_llama(synth, tmp_path):
     out = tmp_path / "z3"
-    run_cmd(deepspeed_cmd(2, REPO / "launch/stage2.sh",
-                          *_job(synth, out, "--train.max_steps", "16", "--deepspeed.zero_stage", "3",
-                                "--model.llm", "tiny-llama", "--model.lora", "true", "--train.lr", "5e-3")),
-            cwd=tmp_path)
+    run_cmd(
+        deepspeed_cmd(
+            2,
+            REPO / "launch/stage2.sh",
+            *_job(
+                synth,
+                out,
+                "--train.max_steps",
+                "16",
+                "--deepspeed.zero_stage",
+                "3",
+                "--model.llm",
+                "tiny-llama",
+                "--model.lora",
+                "true",
+                "--train.lr",
+                "5e-3",
+            ),
+        ),
+        cwd=tmp_path,
+    )
     losses = _losses(out)
     # the random base is frozen and only LoRA + our modules learn: a small but steady fall
     assert losses[-1] < 0.96 * losses[0] and losses[-1] < min(losses[:2]), losses
@@ -92,8 +134,22 @@ def test_generate_cli_matches_in_training_eval(synth, tmp_path):
 
     out = tmp_path / "one"
     run_cmd(["bash", str(REPO / "launch/stage2.sh"), *_job(synth, out, "--train.max_steps", "6")], cwd=tmp_path)
-    run_cmd(["distinctad-generate", "--ckpt", str(out), "--shards", str(synth / "shards/window-eval"), "--out",
-             str(tmp_path / "p.jsonl"), "--num-beams", "1", "--max-new-tokens", "8"], cwd=tmp_path)
+    run_cmd(
+        [
+            "distinctad-generate",
+            "--ckpt",
+            str(out),
+            "--shards",
+            str(synth / "shards/window-eval"),
+            "--out",
+            str(tmp_path / "p.jsonl"),
+            "--num-beams",
+            "1",
+            "--max-new-tokens",
+            "8",
+        ],
+        cwd=tmp_path,
+    )
     assert (tmp_path / "p.jsonl").read_text() == (out / "eval/step_00000006_predictions.jsonl").read_text()
     with pytest.raises(SystemExit, match="no checkpoint in"):
         generate(["--ckpt", str(tmp_path), "--shards", "x", "--out", "y"])
@@ -103,10 +159,27 @@ def test_ablation_runner_writes_all_eight_rows(synth, tmp_path):
     import mlflow
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    run_cmd(["distinctad-ablate", str(REPO / "launch/configs/stage2.yaml"), "--out", str(tmp_path / "abl"),
-             "--data.synth_dir", str(synth), "--model.feature_dim", "64", "--train.max_steps", "3",
-             "--tracking.uri", uri, "--tracking.experiment", "ablation-test", *FAST_EVAL], cwd=tmp_path,
-            timeout=600)
+    run_cmd(
+        [
+            "distinctad-ablate",
+            str(REPO / "launch/configs/stage2.yaml"),
+            "--out",
+            str(tmp_path / "abl"),
+            "--data.synth_dir",
+            str(synth),
+            "--model.feature_dim",
+            "64",
+            "--train.max_steps",
+            "3",
+            "--tracking.uri",
+            uri,
+            "--tracking.experiment",
+            "ablation-test",
+            *FAST_EVAL,
+        ],
+        cwd=tmp_path,
+        timeout=600,
+    )
     table = (tmp_path / "abl/ablation.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| row")]
     assert [r.split("|")[1].strip() for r in rows] == ["A0", "B1", "B2", "B3", "C0", "C1", "C2", "C3"]

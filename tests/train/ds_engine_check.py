@@ -22,7 +22,7 @@ def main(out: str) -> None:
     rank = D.get_rank()
     x, y = make_data(TrivialModelArgs(), seed=0)
     # A different fixed batch per rank: only correct gradient averaging keeps the replicas identical.
-    xb, yb = x[rank * 16:(rank + 1) * 16], y[rank * 16:(rank + 1) * 16]
+    xb, yb = x[rank * 16 : (rank + 1) * 16], y[rank * 16 : (rank + 1) * 16]
     results = {}
     for stage in (1, 2, 3):
         torch.manual_seed(0)
@@ -38,8 +38,13 @@ def main(out: str) -> None:
         params = list(engine.module.parameters())
         with deepspeed.zero.GatheredParameters(params, enabled=stage == 3):
             flat = torch.cat([p.detach().flatten().double() for p in params])
-        results[stage] = {"losses": losses, "param_sum": float(flat.sum()), "param_l2": float(flat.norm()),
-                          "numel": flat.numel(), "first": flat[:8].tolist()}
+        results[stage] = {
+            "losses": losses,
+            "param_sum": float(flat.sum()),
+            "param_l2": float(flat.norm()),
+            "numel": flat.numel(),
+            "first": flat[:8].tolist(),
+        }
         del engine
     with open(f"{out}/rank{rank}.json", "w") as f:
         json.dump({"world_size": D.get_world_size(), "stages": results}, f)

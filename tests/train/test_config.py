@@ -47,8 +47,9 @@ def test_yaml_and_overrides_round_trip(tmp_path):
 def test_job_config_from_launch_yaml_round_trips(tmp_path):
     from distinctad.testing import REPO
 
-    cfg = load_config(TrivialJob, REPO / "launch/configs/trivial.yaml", ["--train.lr", "1e-4",
-                                                                         "--deepspeed.zero_stage", "3"])
+    cfg = load_config(
+        TrivialJob, REPO / "launch/configs/trivial.yaml", ["--train.lr", "1e-4", "--deepspeed.zero_stage", "3"]
+    )
     assert cfg.train.lr == pytest.approx(1e-4) and cfg.deepspeed.zero_stage == 3
     assert cfg.run.out_dir == "runs/trivial"
     save_config(cfg, tmp_path / "r.yaml")
@@ -128,7 +129,10 @@ def test_partial_section_keeps_the_jobs_factory_defaults():
     job = Stage2Job()
     cfg = load_config(Stage2Job, None, ["--model.feature_dim", "768"])
     assert cfg.model.feature_dim == 768
-    assert (cfg.model.llm, cfg.model.d_model, cfg.model.num_latents) == (job.model.llm, job.model.d_model,
-                                                                          job.model.num_latents) == ("tiny-gpt2", 64, 4)
+    assert (
+        (cfg.model.llm, cfg.model.d_model, cfg.model.num_latents)
+        == (job.model.llm, job.model.d_model, job.model.num_latents)
+        == ("tiny-gpt2", 64, 4)
+    )
     # a derived field (run.out_dir from run.name) is still derived, not frozen at the default's value
     assert load_config(Stage2Job, None, ["--run.name", "foo"]).run.out_dir == "runs/foo"

@@ -45,8 +45,10 @@ def _weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
 
 
 def _launch(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    return run_cmd(["bash", str(REPO / "launch/trivial.sh"), TRIVIAL, *NO_MLFLOW, "--train.keep_checkpoints", "5",
-                    *args], cwd=tmp_path)
+    return run_cmd(
+        ["bash", str(REPO / "launch/trivial.sh"), TRIVIAL, *NO_MLFLOW, "--train.keep_checkpoints", "5", *args],
+        cwd=tmp_path,
+    )
 
 
 def test_stop_and_resume_equals_uninterrupted(tmp_path):
@@ -71,8 +73,7 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path):
 
 
 def test_deepspeed_launcher_two_ranks_runs_the_launch_script(tmp_path):
-    run_cmd(deepspeed_cmd(2, REPO / "launch/trivial.sh", TRIVIAL, *NO_MLFLOW, "--train.max_steps", "12"),
-            cwd=tmp_path)
+    run_cmd(deepspeed_cmd(2, REPO / "launch/trivial.sh", TRIVIAL, *NO_MLFLOW, "--train.max_steps", "12"), cwd=tmp_path)
     summary = json.loads((tmp_path / "runs/trivial/summary.json").read_text())
     assert summary["world_size"] == 2 and summary["finished"]
     assert summary["samples_seen"] == 12 * 8 * 2
@@ -86,10 +87,32 @@ def test_two_nodes_on_localhost_form_one_stage2_job(tmp_path):
     ds = str(Path(sys.executable).parent / "deepspeed")
     procs = []
     for node_rank in (0, 1):
-        cmd = [ds, "--hostfile", str(hostfile), "--no_ssh", "--num_nodes", "2", "--num_gpus", "1",
-               "--node_rank", str(node_rank), "--master_addr", "127.0.0.1", "--master_port", port,
-               str(REPO / "launch/stage2.sh"), *NO_MLFLOW, "--train.max_steps", "6", "--eval.enabled", "false",
-               "--data.synth_dir", str(tmp_path / "synth"), "--run.out_dir", str(tmp_path / "run")]
+        cmd = [
+            ds,
+            "--hostfile",
+            str(hostfile),
+            "--no_ssh",
+            "--num_nodes",
+            "2",
+            "--num_gpus",
+            "1",
+            "--node_rank",
+            str(node_rank),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            port,
+            str(REPO / "launch/stage2.sh"),
+            *NO_MLFLOW,
+            "--train.max_steps",
+            "6",
+            "--eval.enabled",
+            "false",
+            "--data.synth_dir",
+            str(tmp_path / "synth"),
+            "--run.out_dir",
+            str(tmp_path / "run"),
+        ]
         procs.append(subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]

@@ -51,10 +51,12 @@ def test_stage2_help_shows_the_tiny_captioner_not_the_class_defaults():
 
 def test_help_imports_no_torch():
     """``distinctad-train JOB --help`` imports config modules only (the reason it is fast)."""
-    code = ("import sys\nfrom distinctad.train.main import main\nfor job in ('trivial','stage1','stage2','recon'):\n"
-            "    try:\n        main([job, '--help'])\n    except SystemExit:\n        pass\n"
-            "heavy = [m for m in ('torch', 'deepspeed', 'transformers', 'open_clip', 'mlflow') if m in sys.modules]\n"
-            "print('HEAVY', heavy)\n")
+    code = (
+        "import sys\nfrom distinctad.train.main import main\nfor job in ('trivial','stage1','stage2','recon'):\n"
+        "    try:\n        main([job, '--help'])\n    except SystemExit:\n        pass\n"
+        "heavy = [m for m in ('torch', 'deepspeed', 'transformers', 'open_clip', 'mlflow') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("HEAVY []"), out[-300:]
 
@@ -95,6 +97,13 @@ def test_task_hooks_have_no_op_defaults():
 
 
 def test_scalar_stats_keeps_every_scalar_the_model_returns():
-    out = {"loss": torch.tensor(2.0), "lm_loss": torch.tensor(1.5), "alpha": torch.tensor([0.25]), "n": 3,
-           "logits": torch.zeros(2, 5), "flag": True, "new_stat": 7.5}
+    out = {
+        "loss": torch.tensor(2.0),
+        "lm_loss": torch.tensor(1.5),
+        "alpha": torch.tensor([0.25]),
+        "n": 3,
+        "logits": torch.zeros(2, 5),
+        "flag": True,
+        "new_stat": 7.5,
+    }
     assert scalar_stats(out) == {"lm_loss": 1.5, "alpha": 0.25, "n": 3.0, "new_stat": 7.5}

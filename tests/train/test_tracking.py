@@ -40,8 +40,22 @@ def test_tracker_logs_params_metrics_artifact_to_sqlite(tmp_path, monkeypatch):
 
 def test_training_job_logs_config_and_curve(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    run_cmd(["bash", str(REPO / "launch/trivial.sh"), TRIVIAL, "--tracking.uri", uri, "--tracking.experiment",
-             "job-test", "--train.max_steps", "20", "--train.log_every", "5"], cwd=tmp_path)
+    run_cmd(
+        [
+            "bash",
+            str(REPO / "launch/trivial.sh"),
+            TRIVIAL,
+            "--tracking.uri",
+            uri,
+            "--tracking.experiment",
+            "job-test",
+            "--train.max_steps",
+            "20",
+            "--train.log_every",
+            "5",
+        ],
+        cwd=tmp_path,
+    )
     mlflow.set_tracking_uri(uri)
     (run,) = mlflow.search_runs(experiment_names=["job-test"], output_format="list")
     assert run.data.params["train.max_steps"] == "20" and run.data.params["world_size"] == "1"
@@ -54,8 +68,21 @@ def test_training_job_logs_config_and_curve(tmp_path):
 
 def test_unreachable_tracking_server_does_not_stop_training(tmp_path):
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    out = run_cmd(["bash", str(REPO / "launch/trivial.sh"), TRIVIAL, "--tracking.uri", dead, "--train.max_steps",
-                   "10", "--train.log_every", "5"], cwd=tmp_path, timeout=120)
+    out = run_cmd(
+        [
+            "bash",
+            str(REPO / "launch/trivial.sh"),
+            TRIVIAL,
+            "--tracking.uri",
+            dead,
+            "--train.max_steps",
+            "10",
+            "--train.log_every",
+            "5",
+        ],
+        cwd=tmp_path,
+        timeout=120,
+    )
     log = out.stdout + out.stderr
     assert log.count("is unreachable") == 1
     summary = json.loads((tmp_path / "runs/trivial/summary.json").read_text())

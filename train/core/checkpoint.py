@@ -110,9 +110,11 @@ class SafeTorchCheckpointEngine(TorchCheckpointEngine):
         except FileNotFoundError:
             raise CheckpointError(f"checkpoint file missing: {path}") from None
         except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError (bad zip), EOFError...
-            raise CheckpointError(f"refusing to load {path}: not a plain weights file ({_first_line(e)}); "
-                                  "checkpoints load with torch.load(weights_only=True) and never run pickled "
-                                  "code") from None
+            raise CheckpointError(
+                f"refusing to load {path}: not a plain weights file ({_first_line(e)}); "
+                "checkpoints load with torch.load(weights_only=True) and never run pickled "
+                "code"
+            ) from None
 
 
 def use_safe_engine(engine) -> SafeTorchCheckpointEngine:
@@ -121,8 +123,10 @@ def use_safe_engine(engine) -> SafeTorchCheckpointEngine:
     if isinstance(current, SafeTorchCheckpointEngine):
         return current
     if current is not None and type(current) is not TorchCheckpointEngine:
-        raise CheckpointError(f"DeepSpeed checkpoint engine {type(current).__name__} is not supported: DistinctAD "
-                              "only loads checkpoints with torch.load(weights_only=True)")
+        raise CheckpointError(
+            f"DeepSpeed checkpoint engine {type(current).__name__} is not supported: DistinctAD "
+            "only loads checkpoints with torch.load(weights_only=True)"
+        )
     safe = SafeTorchCheckpointEngine(None)
     if current is not None:
         safe.zipfile_serialization = current.zipfile_serialization
@@ -136,9 +140,11 @@ def use_safe_engine(engine) -> SafeTorchCheckpointEngine:
 def rng_state() -> dict[str, Any]:
     """This rank's RNG streams as tensors and plain Python values (loadable with ``weights_only=True``)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(),
-             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -214,9 +220,11 @@ def _raise_if_any_failed(error: OSError | None, ckpt_dir: Path, tag: str, remove
     if remove and previous != tag:
         shutil.rmtree(ckpt_dir / tag, ignore_errors=True)  # free what the partial write took
     D.barrier()
-    raise CheckpointError(f"could not write checkpoint {ckpt_dir / tag} (rank {rank}: {why.replace(' ()', '')}); "
-                          f"the previous checkpoint {previous or '(none)'} is intact and is where a relaunch "
-                          "resumes")
+    raise CheckpointError(
+        f"could not write checkpoint {ckpt_dir / tag} (rank {rank}: {why.replace(' ()', '')}); "
+        f"the previous checkpoint {previous or '(none)'} is intact and is where a relaunch "
+        "resumes"
+    )
 
 
 def _prune(ckpt_dir: Path, keep: int) -> None:
@@ -241,8 +249,9 @@ def find_checkpoint(path: str | Path) -> tuple[Path, str]:
             return root, tag
     if p.is_dir() and any(p.glob("*model_states.pt")):
         return p.parent, p.name
-    raise CheckpointError(f"no checkpoint in {path}: expected a run directory, its checkpoints folder or one "
-                          "step_NNNNNNNN folder")
+    raise CheckpointError(
+        f"no checkpoint in {path}: expected a run directory, its checkpoints folder or one step_NNNNNNNN folder"
+    )
 
 
 def find_resume(resume: str, ckpt_dir: str | Path) -> tuple[Path, str] | None:
@@ -268,14 +277,14 @@ def load(engine, root: Path, tag: str, load_optimizer: bool = True) -> dict[str,
     """
     use_safe_engine(engine)
     load_path, client_state = engine.load_checkpoint(
-        str(root), tag=tag, load_optimizer_states=load_optimizer, load_lr_scheduler_states=load_optimizer)
+        str(root), tag=tag, load_optimizer_states=load_optimizer, load_lr_scheduler_states=load_optimizer
+    )
     if load_path is None:
         raise CheckpointError(f"could not load checkpoint {root / tag}")
     rng = client_state.pop("rng", None)
     if rng is not None and len(rng) == D.get_world_size():
         set_rng_state(rng[D.get_rank()])
     elif rng is not None:
-        logger.warning("checkpoint was written by %d ranks, now %d: RNG streams restart", len(rng),
-                       D.get_world_size())
+        logger.warning("checkpoint was written by %d ranks, now %d: RNG streams restart", len(rng), D.get_world_size())
     logger.info("resumed from %s (step %s)", root / tag, client_state.get("step"))
     return client_state

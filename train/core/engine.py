@@ -104,10 +104,15 @@ def build_engine(model: torch.nn.Module, train: TrainArgs, ds: DeepSpeedArgs):
         raise ConfigError("the model has no trainable parameters")
     optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=tuple(train.betas))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, train.warmup_steps, train.max_steps, train.min_lr_ratio))
+        optimizer, lambda s: warmup_cosine(s, train.warmup_steps, train.max_steps, train.min_lr_ratio)
+    )
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
-    logger.info("DeepSpeed engine: ZeRO-%d, %s, micro batch %d x accumulation %d x world %d",
-                ds_cfg["zero_optimization"]["stage"], "bf16" if ds_cfg["bf16"]["enabled"] else
-                "fp16" if ds_cfg["fp16"]["enabled"] else "fp32", train.micro_batch_size, train.grad_accum,
-                engine.world_size)
+    logger.info(
+        "DeepSpeed engine: ZeRO-%d, %s, micro batch %d x accumulation %d x world %d",
+        ds_cfg["zero_optimization"]["stage"],
+        "bf16" if ds_cfg["bf16"]["enabled"] else "fp16" if ds_cfg["fp16"]["enabled"] else "fp32",
+        train.micro_batch_size,
+        train.grad_accum,
+        engine.world_size,
+    )
     return engine, ds_cfg

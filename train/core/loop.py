@@ -12,8 +12,8 @@ the reader and counted (``data/skipped_samples`` in the metrics, ``skipped_sampl
 task's ``skipped_samples()`` hook); a tracking server that goes away costs a warning (see ``tracking.py``); a
 failed checkpoint write raises :class:`~distinctad.train.core.checkpoint.CheckpointError` with ``latest`` unchanged.
 
-Debug option: ``DISTINCTAD_DEBUG_SAMPLES=1`` appends, for tasks whose ``sample_ids(batch)`` hook returns ids, one line per
-micro-batch to ``<run dir>/samples/rank{r}.jsonl``: ``{"launch": first step of this launch, "epoch", "micro"
+Debug option: ``DISTINCTAD_DEBUG_SAMPLES=1`` appends, for tasks whose ``sample_ids(batch)`` hook returns ids, one line
+per micro-batch to ``<run dir>/samples/rank{r}.jsonl``: ``{"launch": first step of this launch, "epoch", "micro"
 (0-based within the epoch), "step" (the optimizer step it counts towards), "trained", "ids"}``, to check that a
 resumed run sees each sample of an epoch once.
 
@@ -90,11 +90,14 @@ class Faults:
         def steps(name: str) -> frozenset[int]:
             return frozenset(int(x) for x in env.get(name, "").split(",") if x.strip())
 
-        return cls(rank=int(env.get("DISTINCTAD_FAULT_RANK", D.get_world_size() - 1)),
-                   kill_at_step=int(env.get("DISTINCTAD_FAULT_KILL_AT_STEP", 0)),
-                   nan_at=steps("DISTINCTAD_FAULT_NAN_AT_STEPS"), inf_at=steps("DISTINCTAD_FAULT_INF_AT_STEPS"),
-                   pause_at_step=int(env.get("DISTINCTAD_FAULT_PAUSE_AT_STEP", 0)),
-                   pause_s=float(env.get("DISTINCTAD_FAULT_PAUSE_S", 120)))
+        return cls(
+            rank=int(env.get("DISTINCTAD_FAULT_RANK", D.get_world_size() - 1)),
+            kill_at_step=int(env.get("DISTINCTAD_FAULT_KILL_AT_STEP", 0)),
+            nan_at=steps("DISTINCTAD_FAULT_NAN_AT_STEPS"),
+            inf_at=steps("DISTINCTAD_FAULT_INF_AT_STEPS"),
+            pause_at_step=int(env.get("DISTINCTAD_FAULT_PAUSE_AT_STEP", 0)),
+            pause_s=float(env.get("DISTINCTAD_FAULT_PAUSE_S", 120)),
+        )
 
     def corrupt_loss(self, loss: torch.Tensor, forward_pass: int) -> torch.Tensor:
         if D.get_rank() != self.rank:
@@ -137,8 +140,14 @@ class SampleRecorder:
         ids = self.task.sample_ids(batch)
         if ids is None:  # this task records no ids
             return
-        row = {"launch": self.launch, "epoch": state.epoch, "micro": micro, "step": state.step + 1,
-               "trained": trained, "ids": list(ids)}
+        row = {
+            "launch": self.launch,
+            "epoch": state.epoch,
+            "micro": micro,
+            "step": state.step + 1,
+            "trained": trained,
+            "ids": list(ids),
+        }
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()  # a SIGKILLed rank keeps what it has recorded
 
@@ -190,8 +199,15 @@ def fit(task: Task, cfg: Any, *, job: str) -> dict[str, Any]:
         if client.get("config_hash") != config_hash(cfg):
             logger.warning("resuming with a config that differs from the checkpoint's (see config.yaml there)")
 
-    tracker = Tracker(run_dir, enabled=track.enabled, is_master=D.is_master(), uri=track.uri,
-                      experiment=track.experiment, run_name=run.name, parent_run_id=track.parent_run_id)
+    tracker = Tracker(
+        run_dir,
+        enabled=track.enabled,
+        is_master=D.is_master(),
+        uri=track.uri,
+        experiment=track.experiment,
+        run_name=run.name,
+        parent_run_id=track.parent_run_id,
+    )
     tracker.set_tags({"job": job, "resumed_from_step": str(state.step)})
     tracker.log_params({**flatten(to_dict(cfg)), "world_size": D.get_world_size(), **task.params()})
     if D.is_master():
@@ -247,16 +263,23 @@ def _train(task: Task, engine, cfg: Any, state: TrainState, tracker: Tracker, ck
                     recorder.record(batch, state, micro, trained=False)
                     bad_in_a_row += 1
                     state.nonfinite_skipped += 1
-                    logger.warning("non-finite loss at step %d (micro-batch %d of epoch %d): step skipped (%d in a "
-                                   "row, train.max_bad_steps=%d)", state.step + 1, micro, state.epoch, bad_in_a_row,
-                                   train.max_bad_steps)
+                    logger.warning(
+                        "non-finite loss at step %d (micro-batch %d of epoch %d): step skipped (%d in a "
+                        "row, train.max_bad_steps=%d)",
+                        state.step + 1,
+                        micro,
+                        state.epoch,
+                        bad_in_a_row,
+                        train.max_bad_steps,
+                    )
                     tracker.log_metrics({"train/nonfinite_skipped": state.nonfinite_skipped}, step=state.step)
                     if bad_in_a_row >= train.max_bad_steps:
                         last = checkpoint.latest_tag(ckpt_dir)
                         raise NonFiniteLossError(
                             f"{bad_in_a_row} non-finite losses in a row at step {state.step + 1} "
                             f"(train.max_bad_steps={train.max_bad_steps}); stopped. Last good checkpoint: "
-                            f"{ckpt_dir / last if last else '(none yet)'}")
+                            f"{ckpt_dir / last if last else '(none yet)'}"
+                        )
                     continue
                 recorder.record(batch, state, micro, trained=True)
                 bad_in_a_row = 0
@@ -274,17 +297,25 @@ def _train(task: Task, engine, cfg: Any, state: TrainState, tracker: Tracker, ck
 
                 if state.step % train.log_every == 0 or state.step == train.max_steps:
                     now = time.perf_counter()
-                    metrics = {"train/loss": D.all_reduce_mean(sum(window_loss) / len(window_loss)),
-                               "train/lr": engine.get_lr()[0],
-                               "train/samples_per_s": (state.samples_seen - samples_last) / max(now - t_last, 1e-9),
-                               "train/epoch": state.epoch}
+                    metrics = {
+                        "train/loss": D.all_reduce_mean(sum(window_loss) / len(window_loss)),
+                        "train/lr": engine.get_lr()[0],
+                        "train/samples_per_s": (state.samples_seen - samples_last) / max(now - t_last, 1e-9),
+                        "train/epoch": state.epoch,
+                    }
                     for k, vs in window_extra.items():
                         metrics[f"train/{k}"] = D.all_reduce_mean(sum(vs) / len(vs))
                     count_skipped()
                     metrics["data/skipped_samples"] = state.skipped_samples
                     tracker.log_metrics(metrics, step=state.step)
-                    logger.info("step %d/%d | loss %.4f | lr %.2e | %.1f samples/s", state.step, train.max_steps,
-                                metrics["train/loss"], metrics["train/lr"], metrics["train/samples_per_s"])
+                    logger.info(
+                        "step %d/%d | loss %.4f | lr %.2e | %.1f samples/s",
+                        state.step,
+                        train.max_steps,
+                        metrics["train/loss"],
+                        metrics["train/lr"],
+                        metrics["train/samples_per_s"],
+                    )
                     window_loss, window_extra = [], {}
                     t_last, samples_last = now, state.samples_seen
 
@@ -306,8 +337,10 @@ def _train(task: Task, engine, cfg: Any, state: TrainState, tracker: Tracker, ck
                     break
             else:
                 if seen_in_epoch == 0 and state.micro_in_epoch == 0:
-                    raise RuntimeError(f"epoch {state.epoch} yielded no batch on rank {D.get_rank()}: too little "
-                                       "data for this batch size and world size")
+                    raise RuntimeError(
+                        f"epoch {state.epoch} yielded no batch on rank {D.get_rank()}: too little "
+                        "data for this batch size and world size"
+                    )
                 state.epoch += 1
                 state.micro_in_epoch = 0
     finally:
@@ -323,13 +356,26 @@ def _train(task: Task, engine, cfg: Any, state: TrainState, tracker: Tracker, ck
     count_skipped()
     if state.skipped_samples:
         logger.warning("%d corrupt or unusable samples were skipped (see the warnings above)", state.skipped_samples)
-    summary = {"step": state.step, "epoch": state.epoch, "samples_seen": state.samples_seen,
-               "nonfinite_skipped": state.nonfinite_skipped, "skipped_samples": state.skipped_samples,
-               "world_size": D.get_world_size(), "finished": state.step >= train.max_steps, **val}
+    summary = {
+        "step": state.step,
+        "epoch": state.epoch,
+        "samples_seen": state.samples_seen,
+        "nonfinite_skipped": state.nonfinite_skipped,
+        "skipped_samples": state.skipped_samples,
+        "world_size": D.get_world_size(),
+        "finished": state.step >= train.max_steps,
+        **val,
+    }
     # Where this launch's time went (rank 0's view): waiting for data, compute, evaluation, checkpoints.
-    summary.update({"time/wall_s": time.perf_counter() - t_start, "time/data_s": timers["data"],
-                    "time/step_s": step_s,
-                    "time/eval_s": timers["eval"], "time/ckpt_s": timers["ckpt"]})
+    summary.update(
+        {
+            "time/wall_s": time.perf_counter() - t_start,
+            "time/data_s": timers["data"],
+            "time/step_s": step_s,
+            "time/eval_s": timers["eval"],
+            "time/ckpt_s": timers["ckpt"],
+        }
+    )
     if D.is_master():
         atomic_write_json(run_dir / "summary.json", summary)
         logger.info("summary: %s", json.dumps(summary))

@@ -93,16 +93,20 @@ class MLflowLogger(BaseLogger):
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
             if not _http_reachable(uri):
-                warn_once(logger, f"MLflow tracking server {uri} is unreachable; training goes on and metrics "
-                          f"are written to {jsonl.path}")
+                warn_once(
+                    logger,
+                    f"MLflow tracking server {uri} is unreachable; training goes on and metrics "
+                    f"are written to {jsonl.path}",
+                )
                 return
         try:
             mlflow.set_tracking_uri(uri)
             if mlflow.get_experiment_by_name(experiment) is None and not uri.startswith(("http://", "https://")):
                 # local stores keep artifacts in ./mlartifacts, beside mlflow.db (MLflow's server layout)
                 try:
-                    mlflow.create_experiment(experiment, artifact_location=Path("mlartifacts").resolve().as_uri(),
-                                             tags=EXPERIMENT_TAGS)
+                    mlflow.create_experiment(
+                        experiment, artifact_location=Path("mlartifacts").resolve().as_uri(), tags=EXPERIMENT_TAGS
+                    )
                 except mlflow.exceptions.MlflowException:
                     pass  # another job created it first
             mlflow.set_experiment(experiment)
@@ -151,8 +155,17 @@ class MLflowLogger(BaseLogger):
 class Tracker(BaseLogger):
     """The logger a job uses: JSONL always, MLflow when enabled (rank 0 only)."""
 
-    def __init__(self, run_dir: str | os.PathLike, *, enabled: bool, is_master: bool, uri: str = "",
-                 experiment: str = "distinctad", run_name: str = "run", parent_run_id: str = ""):
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        *,
+        enabled: bool,
+        is_master: bool,
+        uri: str = "",
+        experiment: str = "distinctad",
+        run_name: str = "run",
+        parent_run_id: str = "",
+    ):
         self.is_master = is_master
         self.jsonl = JsonlLogger(Path(run_dir) / "metrics.jsonl") if is_master else None
         self.backend: BaseLogger = NullLogger()
@@ -207,8 +220,11 @@ class ParentRun:
             self.run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
         except Exception as e:  # noqa: BLE001
             self.client = None
-            warn_once(logger, f"MLflow parent run not created ({str(e).splitlines()[0] if str(e) else e}); "
-                      "child runs are logged without a parent")
+            warn_once(
+                logger,
+                f"MLflow parent run not created ({str(e).splitlines()[0] if str(e) else e}); "
+                "child runs are logged without a parent",
+            )
 
     def _call(self, fn: str, *args: Any, **kwargs: Any) -> None:
         if self.client is None:

@@ -63,8 +63,8 @@ def prepare_batch(batch: dict, tokenizer, cfg: CaptionerConfig) -> dict[str, tor
                 continue
             ctx_ids = []
             if cfg.context_ads > 0 and cfg.max_context_tokens > 0 and history:
-                ctx_text = " ".join(history[-cfg.context_ads:])
-                ctx_ids = tokenizer(ctx_text, add_special_tokens=False)["input_ids"][-cfg.max_context_tokens:]
+                ctx_text = " ".join(history[-cfg.context_ads :])
+                ctx_ids = tokenizer(ctx_text, add_special_tokens=False)["input_ids"][-cfg.max_context_tokens :]
             ad_ids = tokenizer(sentences[n].strip(), add_special_tokens=False)["input_ids"][: cfg.max_ad_tokens]
             texts.append(ctx_ids + [bos] + ad_ids + [eos])
             labels.append([IGNORE] * (len(ctx_ids) + 1) + ad_ids + [eos])
@@ -84,8 +84,8 @@ def prepare_batch(batch: dict, tokenizer, cfg: CaptionerConfig) -> dict[str, tor
     gen_ids = torch.full((V, S_g), pad, dtype=torch.long)
     gen_mask = torch.zeros(V, S_g, dtype=torch.bool)
     for v, ids in enumerate(prompts):
-        gen_ids[v, S_g - len(ids):] = torch.tensor(ids)
-        gen_mask[v, S_g - len(ids):] = True
+        gen_ids[v, S_g - len(ids) :] = torch.tensor(ids)
+        gen_mask[v, S_g - len(ids) :] = True
 
     targets = distinctive_targets(windows, tokenizer, max_words=cfg.max_dist_words)  # B·N rows
     flat_valid = clip_mask.reshape(-1).tolist()
@@ -116,18 +116,25 @@ class DistinctADCaptioner(nn.Module):
     def __init__(self, cfg: CaptionerConfig, tokenizer, llm: nn.Module | None = None):
         super().__init__()
         self.cfg = cfg
-        self.perceiver = PerceiverResampler(cfg.feature_dim, cfg.d_model, cfg.num_latents, cfg.perceiver_layers,
-                                            cfg.perceiver_heads, cfg.max_frames)
-        self.prompt = DistinctivePrompt(cfg.alpha_path, cfg.alpha, cfg.alpha_learnable, cfg.beta_path, cfg.beta,
-                                        cfg.beta_learnable)
+        self.perceiver = PerceiverResampler(
+            cfg.feature_dim, cfg.d_model, cfg.num_latents, cfg.perceiver_layers, cfg.perceiver_heads, cfg.max_frames
+        )
+        self.prompt = DistinctivePrompt(
+            cfg.alpha_path, cfg.alpha, cfg.alpha_learnable, cfg.beta_path, cfg.beta, cfg.beta_learnable
+        )
         # Only built when used: A0 holds no unused parameters (DeepSpeed / DDP dislike those).
         self.ema = self.xattn = None
         if self.prompt.needs_context:
             self.ema = ContextualEMA(cfg.d_model, cfg.num_bases, cfg.ema_iters, cfg.tau, cfg.momentum, cfg.ema_grad)
             self.xattn = ContextCrossAttention(cfg.d_model)
         if llm is None:
-            llm = build_llm(cfg.llm, tokenizer, freeze=cfg.freeze_llm, dtype=cfg.llm_dtype,
-                            gradient_checkpointing=cfg.gradient_checkpointing)
+            llm = build_llm(
+                cfg.llm,
+                tokenizer,
+                freeze=cfg.freeze_llm,
+                dtype=cfg.llm_dtype,
+                gradient_checkpointing=cfg.gradient_checkpointing,
+            )
         elif cfg.freeze_llm:
             llm.requires_grad_(False)
         if cfg.lora:
@@ -136,8 +143,9 @@ class DistinctADCaptioner(nn.Module):
         self.proj = nn.Linear(cfg.d_model, llm.get_input_embeddings().embedding_dim)
         self.bos_id, self.eos_id, self.pad_id = special_ids(tokenizer)
 
-    def encode_visual(self, feats: torch.Tensor, frame_mask: torch.Tensor,
-                      clip_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def encode_visual(
+        self, feats: torch.Tensor, frame_mask: torch.Tensor, clip_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Visual prompt of every valid clip, in the LLM's embedding space.
 
         Args:
@@ -162,10 +170,18 @@ class DistinctADCaptioner(nn.Module):
         embed_dtype = self.llm.get_input_embeddings().weight.dtype
         return self.proj(prompt).to(embed_dtype), stats  # (V, P, E)
 
-    def forward(self, feats: torch.Tensor, frame_mask: torch.Tensor, clip_mask: torch.Tensor,
-                text_ids: torch.Tensor, text_mask: torch.Tensor, text_labels: torch.Tensor,
-                dist_targets: torch.Tensor | None = None, gen_ids: torch.Tensor | None = None,
-                gen_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        feats: torch.Tensor,
+        frame_mask: torch.Tensor,
+        clip_mask: torch.Tensor,
+        text_ids: torch.Tensor,
+        text_mask: torch.Tensor,
+        text_labels: torch.Tensor,
+        dist_targets: torch.Tensor | None = None,
+        gen_ids: torch.Tensor | None = None,
+        gen_mask: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Training / validation losses on a prepared window batch (``gen_*`` are accepted and ignored).
 
         Returns:
@@ -180,8 +196,9 @@ class DistinctADCaptioner(nn.Module):
         attn = torch.cat([text_mask.new_ones(V, P), text_mask], dim=1).long()  # (V, P+S)
         # Only the final hidden states are needed: the LM head runs on the AD positions and pooled prompt only,
         # which keeps a 128k-vocabulary LLaMA from materialising (V, P+S, vocab) logits.
-        out = self.llm(inputs_embeds=inputs, attention_mask=attn, output_hidden_states=True, use_cache=False,
-                       logits_to_keep=1)
+        out = self.llm(
+            inputs_embeds=inputs, attention_mask=attn, output_hidden_states=True, use_cache=False, logits_to_keep=1
+        )
         hidden = out.hidden_states[-1]  # (V, P+S, E), after the final norm
         lm_head = self.llm.get_output_embeddings()
 
@@ -199,8 +216,13 @@ class DistinctADCaptioner(nn.Module):
                 dist_loss = distinctive_word_loss(lm_head(pooled), dist_targets)
             if self.cfg.lambda_dist > 0:
                 loss = loss + self.cfg.lambda_dist * dist_loss
-        result = {"loss": loss, "lm_loss": lm_loss.detach(), "dist_loss": dist_loss.detach(),
-                  "num_tokens": sel.sum().detach(), "num_clips": torch.tensor(V, device=loss.device)}
+        result = {
+            "loss": loss,
+            "lm_loss": lm_loss.detach(),
+            "dist_loss": dist_loss.detach(),
+            "num_tokens": sel.sum().detach(),
+            "num_clips": torch.tensor(V, device=loss.device),
+        }
         result.update(stats)
         if isinstance(self.prompt.alpha, nn.Parameter):
             result["alpha"] = self.prompt.alpha.detach()
@@ -209,8 +231,9 @@ class DistinctADCaptioner(nn.Module):
         return result
 
     @torch.no_grad()
-    def generate_ids(self, prepared: dict[str, torch.Tensor], gen: GenerationArgs | None = None,
-                     **generate_kwargs) -> torch.Tensor:
+    def generate_ids(
+        self, prepared: dict[str, torch.Tensor], gen: GenerationArgs | None = None, **generate_kwargs
+    ) -> torch.Tensor:
         """Generated token ids of every valid clip (eval mode, μ frozen; the previous mode is restored).
 
         The LLM sees [prompt][context][<bos>] (left-padded) and continues with the AD until <eos>. The text
@@ -241,10 +264,16 @@ class DistinctADCaptioner(nn.Module):
             inputs = prompt.new_zeros(V, S, E)
             attn = torch.zeros(V, S, dtype=torch.long, device=prompt.device)
             for v, r in enumerate(rows):  # left padding: every row ends where generation starts
-                inputs[v, S - r.shape[0]:] = r
-                attn[v, S - r.shape[0]:] = 1
-            kwargs = dict(**(gen or GenerationArgs()).decoding(), min_new_tokens=1, do_sample=False,
-                          pad_token_id=self.pad_id, eos_token_id=self.eos_id, bos_token_id=self.bos_id)
+                inputs[v, S - r.shape[0] :] = r
+                attn[v, S - r.shape[0] :] = 1
+            kwargs = dict(
+                **(gen or GenerationArgs()).decoding(),
+                min_new_tokens=1,
+                do_sample=False,
+                pad_token_id=self.pad_id,
+                eos_token_id=self.eos_id,
+                bos_token_id=self.bos_id,
+            )
             # <bos>/<pad> decode to nothing: never generate them, so an AD is never an empty string.
             suppress = sorted({self.bos_id, self.pad_id} - {self.eos_id})
             if suppress:
@@ -257,8 +286,9 @@ class DistinctADCaptioner(nn.Module):
         finally:
             self.train(was_training)
 
-    def generate(self, prepared: dict[str, torch.Tensor], tokenizer, gen: GenerationArgs | None = None,
-                 **generate_kwargs) -> list[list[str]]:
+    def generate(
+        self, prepared: dict[str, torch.Tensor], tokenizer, gen: GenerationArgs | None = None, **generate_kwargs
+    ) -> list[list[str]]:
         """Generate one AD per valid clip (``generate_ids`` with ``gen`` and ``generate_kwargs``) and decode it.
 
         Returns:
@@ -268,7 +298,7 @@ class DistinctADCaptioner(nn.Module):
         texts = [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
         grouped, start = [], 0
         for count in prepared["clip_mask"].bool().sum(dim=1).tolist():
-            grouped.append(texts[start:start + count])
+            grouped.append(texts[start : start + count])
             start += count
         return grouped
 

@@ -102,8 +102,16 @@ class CaptionerConfig:
     def __post_init__(self):
         if self.preset and self.preset not in PRESETS:
             raise ValueError(f"unknown preset '{self.preset}' (choose from {', '.join(PRESETS)})")
-        for name in ("feature_dim", "d_model", "num_latents", "perceiver_layers", "num_bases", "ema_iters",
-                     "max_ad_tokens", "lora_r"):
+        for name in (
+            "feature_dim",
+            "d_model",
+            "num_latents",
+            "perceiver_layers",
+            "num_bases",
+            "ema_iters",
+            "max_ad_tokens",
+            "lora_r",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.d_model % self.perceiver_heads:
@@ -157,5 +165,9 @@ class GenerationArgs:
 
     def decoding(self) -> dict[str, Any]:
         """The keyword arguments of HF ``generate`` these settings set (everything but ``batch_size``)."""
-        return dict(num_beams=self.num_beams, repetition_penalty=self.repetition_penalty,
-                    no_repeat_ngram_size=self.no_repeat_ngram_size, max_new_tokens=self.max_new_tokens)
+        return dict(
+            num_beams=self.num_beams,
+            repetition_penalty=self.repetition_penalty,
+            no_repeat_ngram_size=self.no_repeat_ngram_size,
+            max_new_tokens=self.max_new_tokens,
+        )

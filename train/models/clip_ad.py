@@ -46,8 +46,14 @@ logger = logging.getLogger(__name__)
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 # Checkpoint names open_clip itself writes or downloads, most preferred first.
-_CHECKPOINT_NAMES = (HF_SAFE_WEIGHTS_NAME, "open_clip_pytorch_model.safetensors", HF_WEIGHTS_NAME,
-                     "open_clip_pytorch_model.pth", "model.safetensors", "pytorch_model.bin")
+_CHECKPOINT_NAMES = (
+    HF_SAFE_WEIGHTS_NAME,
+    "open_clip_pytorch_model.safetensors",
+    HF_WEIGHTS_NAME,
+    "open_clip_pytorch_model.pth",
+    "model.safetensors",
+    "pytorch_model.bin",
+)
 
 
 def register_model_configs() -> None:
@@ -105,7 +111,8 @@ def resolve_pretrained(model_name: str, pretrained: str, cache_dir: str | None =
         if weights:
             return str(weights[0]), {}
         raise WeightsNotFoundError(
-            f"no CLIP checkpoint in {path}: place open_clip_pytorch_model.bin or open_clip_model.safetensors there")
+            f"no CLIP checkpoint in {path}: place open_clip_pytorch_model.bin or open_clip_model.safetensors there"
+        )
     tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
     if tag_cfg:
         found = None
@@ -120,10 +127,12 @@ def resolve_pretrained(model_name: str, pretrained: str, cache_dir: str | None =
         raise WeightsNotFoundError(
             f"CLIP weights {model_name}/{pretrained} are not on this machine (no downloads): get "
             f"open_clip_pytorch_model.bin from {source} and pass pretrained=/path/to/open_clip_pytorch_model.bin "
-            "(or put it in the Hugging Face hub cache)")
+            "(or put it in the Hugging Face hub cache)"
+        )
     raise WeightsNotFoundError(
         f"CLIP weights not found at {pretrained}: place open_clip_pytorch_model.bin (or open_clip_model.safetensors) "
-        f"for {model_name} there, or pass an open_clip tag already in the local cache")
+        f"for {model_name} there, or pass an open_clip tag already in the local cache"
+    )
 
 
 def create_clip(
@@ -157,8 +166,9 @@ def create_clip(
     if tag_cfg:
         # What open_clip's tag path would apply: activation of the original training and its preprocessing.
         kwargs["force_quick_gelu"] = bool(tag_cfg.get("quick_gelu", False))
-        kwargs["force_preprocess_cfg"] = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode")
-                                          if k in tag_cfg}
+        kwargs["force_preprocess_cfg"] = {
+            k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg
+        }
     if path.startswith("local-dir:"):
         model = open_clip.create_model(path, **kwargs)
     else:
@@ -316,8 +326,11 @@ class CLIPAD(nn.Module):
     def _punctuation_ids(self, device: torch.device) -> torch.Tensor:
         if self._punct_ids is None:
             encoder = getattr(self.tokenizer, "encoder", {})
-            ids = [i for tok, i in encoder.items()
-                   if (w := tok.replace("</w>", "")) and all(c in string.punctuation for c in w)]
+            ids = [
+                i
+                for tok, i in encoder.items()
+                if (w := tok.replace("</w>", "")) and all(c in string.punctuation for c in w)
+            ]
             self._punct_ids = torch.tensor(sorted(ids), dtype=torch.long)
         return self._punct_ids.to(device)
 
@@ -346,8 +359,8 @@ class CLIPAD(nn.Module):
         width = max(int(mask.any(0).nonzero().max()) if mask.any() else 0, 1)  # last column holding a word
         return dict(
             text_emb=F.normalize(pooled, dim=-1),
-            word_emb=F.normalize(per_token[:, 1:width + 1], dim=-1),  # (B, W, E)
-            word_mask=mask[:, 1:width + 1],  # (B, W)
+            word_emb=F.normalize(per_token[:, 1 : width + 1], dim=-1),  # (B, W, E)
+            word_mask=mask[:, 1 : width + 1],  # (B, W)
         )
 
     def encode_words(self, texts: Sequence[str] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -390,16 +403,16 @@ def build_clip_ad(
         grad_checkpointing: activation checkpointing in the vision transformer (memory for speed).
         cache_dir, device, precision, image_size: as in :func:`create_clip`.
     """
-    clip = create_clip(model_name, pretrained, cache_dir=cache_dir, device=device, precision=precision,
-                       image_size=image_size)
+    clip = create_clip(
+        model_name, pretrained, cache_dir=cache_dir, device=device, precision=precision, image_size=image_size
+    )
     if grad_checkpointing:
         clip.visual.set_grad_checkpointing(True)
     tokenizer_name = model_name
     if pretrained is not None and (Path(pretrained) / HF_CONFIG_NAME).is_file():
         tokenizer_name = f"local-dir:{pretrained}"
     tokenizer = open_clip.get_tokenizer(tokenizer_name, context_length=clip.context_length)
-    return CLIPAD(clip, tokenizer, trainable_vision_blocks=trainable_vision_blocks,
-                  skip_punctuation=skip_punctuation)
+    return CLIPAD(clip, tokenizer, trainable_vision_blocks=trainable_vision_blocks, skip_punctuation=skip_punctuation)
 
 
 def clip_transforms(model: CLIPAD | nn.Module, aug_cfg: dict | open_clip.AugmentationCfg | None = None):
@@ -410,8 +423,9 @@ def clip_transforms(model: CLIPAD | nn.Module, aug_cfg: dict | open_clip.Augment
     """
     clip = model.clip if isinstance(model, CLIPAD) else model
     pp = open_clip.get_model_preprocess_cfg(clip)
-    common = dict(mean=pp.get("mean"), std=pp.get("std"), interpolation=pp.get("interpolation"),
-                  resize_mode=pp.get("resize_mode"))
+    common = dict(
+        mean=pp.get("mean"), std=pp.get("std"), interpolation=pp.get("interpolation"), resize_mode=pp.get("resize_mode")
+    )
     train = open_clip.image_transform(pp["size"], is_train=True, aug_cfg=aug_cfg, **common)
     val = open_clip.image_transform(pp["size"], is_train=False, **common)
     return train, val

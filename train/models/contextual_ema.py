@@ -50,8 +50,9 @@ class ContextualEMA(nn.Module):
         grad: let gradients flow through the EM iterations (EMANet: no, the default).
     """
 
-    def __init__(self, dim: int, num_bases: int = 64, iters: int = 3, tau: float = 1.0, momentum: float = 0.9,
-                 grad: bool = False):
+    def __init__(
+        self, dim: int, num_bases: int = 64, iters: int = 3, tau: float = 1.0, momentum: float = 0.9, grad: bool = False
+    ):
         super().__init__()
         if iters < 1:
             raise ValueError(f"ema iters must be >= 1, got {iters}")

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 # A small English stop-word list (function words, pronouns, auxiliaries, common contractions). Words in it are
 # never distinctive, whatever the window says.
-STOP_WORDS: frozenset[str] = frozenset("""
+STOP_WORDS: frozenset[str] = frozenset(
+    """
 a about above after again against all also am an and any are aren't around as at back be because been before
 being below between both but by can can't cannot could couldn't did didn't do does doesn't doing don't down
 during each even ever every few for from further get gets getting go goes going got had hadn't has hasn't have
@@ -28,7 +29,8 @@ these they they'd they'll they're they've this those through to too toward towar
 was wasn't we we'd we'll we're we've were weren't what what's when when's where where's which while who who's
 whom whose why why's will with within without won't would wouldn't yet you you'd you'll you're you've your yours
 yourself yourselves
-""".split())
+""".split()
+)
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _WORD_CASED = re.compile(r"[A-Za-z0-9]+(?:'[A-Za-z]+)?")

@@ -32,8 +32,15 @@ class DistinctivePrompt(nn.Module):
         beta_learnable: make β a trained scalar parameter.
     """
 
-    def __init__(self, alpha_path: bool = False, alpha: float = 1.0, alpha_learnable: bool = False,
-                 beta_path: bool = False, beta: float = 1.0, beta_learnable: bool = False):
+    def __init__(
+        self,
+        alpha_path: bool = False,
+        alpha: float = 1.0,
+        alpha_learnable: bool = False,
+        beta_path: bool = False,
+        beta: float = 1.0,
+        beta_learnable: bool = False,
+    ):
         super().__init__()
         self.alpha_path = alpha_path
         self.beta_path = beta_path

@@ -80,8 +80,10 @@ def resolve_local(name_or_path: str | os.PathLike, what: str = "LLM") -> str:
             return snapshot_download(name, local_files_only=True)
         except Exception:  # LocalEntryNotFoundError, HFValidationError: both mean "not here"
             pass
-    raise FileNotFoundError(f"{what} '{name}' is neither a local directory nor in the Hugging Face cache "
-                            "(no downloads are made; pass a local path, or 'tiny-gpt2' / 'tiny-llama' for tests)")
+    raise FileNotFoundError(
+        f"{what} '{name}' is neither a local directory nor in the Hugging Face cache "
+        "(no downloads are made; pass a local path, or 'tiny-gpt2' / 'tiny-llama' for tests)"
+    )
 
 
 def special_ids(tokenizer) -> tuple[int, int, int]:
@@ -112,20 +114,38 @@ def load_tokenizer(name_or_path: str | os.PathLike):
 
 def tiny_llm_config(name: str, tokenizer):
     """The 2-layer, 64-wide random configs used by tests ("tiny-gpt2", "tiny-llama")."""
-    ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-               pad_token_id=tokenizer.pad_token_id)
+    ids = dict(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     if name == "tiny-gpt2":
         # No dropout: tests compare outputs bit for bit and train on a fixed batch.
-        return GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=512, resid_pdrop=0.0, embd_pdrop=0.0,
-                          attn_pdrop=0.0, **ids)
+        return GPT2Config(
+            n_layer=2, n_embd=64, n_head=2, n_positions=512, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **ids
+        )
     if name == "tiny-llama":
-        return LlamaConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                           num_key_value_heads=2, max_position_embeddings=512, **ids)
+        return LlamaConfig(
+            num_hidden_layers=2,
+            hidden_size=64,
+            intermediate_size=128,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            **ids,
+        )
     raise ValueError(f"unknown tiny LLM '{name}', expected one of {TINY_LLMS}")
 
 
-def build_llm(name_or_path: str | os.PathLike, tokenizer=None, *, freeze: bool = False,
-              dtype: torch.dtype | str | None = None, gradient_checkpointing: bool = False) -> PreTrainedModel:
+def build_llm(
+    name_or_path: str | os.PathLike,
+    tokenizer=None,
+    *,
+    freeze: bool = False,
+    dtype: torch.dtype | str | None = None,
+    gradient_checkpointing: bool = False,
+) -> PreTrainedModel:
     """Build the causal LM.
 
     Args:
@@ -166,8 +186,13 @@ def build_llm(name_or_path: str | os.PathLike, tokenizer=None, *, freeze: bool =
     return model
 
 
-def apply_lora(model: PreTrainedModel, r: int = 8, alpha: int = 16, dropout: float = 0.05,
-               target_modules: Sequence[str] | None = None) -> nn.Module:
+def apply_lora(
+    model: PreTrainedModel,
+    r: int = 8,
+    alpha: int = 16,
+    dropout: float = 0.05,
+    target_modules: Sequence[str] | None = None,
+) -> nn.Module:
     """Wrap ``model`` with LoRA adapters (peft): the base is frozen, only the adapters train.
 
     Args:
@@ -187,9 +212,15 @@ def apply_lora(model: PreTrainedModel, r: int = 8, alpha: int = 16, dropout: flo
         if family not in LORA_TARGETS:
             raise ValueError(f"no default LoRA targets for model type '{family}'; set lora_targets")
         target_modules = LORA_TARGETS[family]
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
-                        fan_in_fan_out=family == "gpt2",  # GPT-2's Conv1D stores weights transposed
-                        bias="none", task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(target_modules),
+        fan_in_fan_out=family == "gpt2",  # GPT-2's Conv1D stores weights transposed
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, config)
 
 

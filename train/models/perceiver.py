@@ -54,8 +54,9 @@ class FeedForward(nn.Sequential):
     """Pre-norm GELU MLP."""
 
     def __init__(self, dim: int, mult: int = 4):
-        super().__init__(nn.LayerNorm(dim), nn.Linear(dim, dim * mult, bias=False), nn.GELU(),
-                         nn.Linear(dim * mult, dim, bias=False))
+        super().__init__(
+            nn.LayerNorm(dim), nn.Linear(dim, dim * mult, bias=False), nn.GELU(), nn.Linear(dim * mult, dim, bias=False)
+        )
 
 
 class PerceiverResampler(nn.Module):
@@ -72,8 +73,17 @@ class PerceiverResampler(nn.Module):
         dropout: attention dropout.
     """
 
-    def __init__(self, feature_dim: int, d_model: int, num_latents: int = 10, num_layers: int = 2,
-                 num_heads: int = 8, max_frames: int = 64, ff_mult: int = 4, dropout: float = 0.0):
+    def __init__(
+        self,
+        feature_dim: int,
+        d_model: int,
+        num_latents: int = 10,
+        num_layers: int = 2,
+        num_heads: int = 8,
+        max_frames: int = 64,
+        ff_mult: int = 4,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.input_proj = nn.Linear(feature_dim, d_model)
         self.latents = nn.Parameter(torch.randn(num_latents, d_model) * 0.02)

@@ -38,8 +38,14 @@ def band_mean(sim: torch.Tensor, band: int) -> float:
     return sim[sel].mean().item()
 
 
-def similarity_figure(vanilla: torch.Tensor, adapted: torch.Tensor, text: torch.Tensor,
-                      out_png: str | os.PathLike, band: int = 3, title: str | None = None) -> dict[str, float]:
+def similarity_figure(
+    vanilla: torch.Tensor,
+    adapted: torch.Tensor,
+    text: torch.Tensor,
+    out_png: str | os.PathLike,
+    band: int = 3,
+    title: str | None = None,
+) -> dict[str, float]:
     """Draw the three similarity matrices side by side (one colour scale) and report their band means.
 
     Args:
@@ -92,14 +98,19 @@ def video_embeddings(model: CLIPAD, images: torch.Tensor, batch_size: int = 32) 
     model.eval()
     device = next(model.parameters()).device
     try:
-        return torch.cat([pool_video(model.encode_video(images[s:s + batch_size].to(device))).float().cpu()
-                          for s in range(0, len(images), batch_size)])
+        return torch.cat(
+            [
+                pool_video(model.encode_video(images[s : s + batch_size].to(device))).float().cpu()
+                for s in range(0, len(images), batch_size)
+            ]
+        )
     finally:
         model.train(was_training)
 
 
-def figure_embeddings(vanilla: CLIPAD, adapted: CLIPAD, images: torch.Tensor, sentences: Sequence[str],
-                      batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def figure_embeddings(
+    vanilla: CLIPAD, adapted: CLIPAD, images: torch.Tensor, sentences: Sequence[str], batch_size: int = 32
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Embeddings of a movie's consecutive clips for :func:`similarity_figure`.
 
     Args:
@@ -112,6 +123,10 @@ def figure_embeddings(vanilla: CLIPAD, adapted: CLIPAD, images: torch.Tensor, se
         (vanilla (n, E), adapted (n, E), text (n, E)) float32 on the CPU: pooled video embeddings
         (:func:`video_embeddings`) and the ADs' [CLS] embeddings.
     """
-    text = torch.cat([adapted.encode_text(list(sentences[s:s + batch_size])).float().cpu()
-                      for s in range(0, len(sentences), batch_size)])
+    text = torch.cat(
+        [
+            adapted.encode_text(list(sentences[s : s + batch_size])).float().cpu()
+            for s in range(0, len(sentences), batch_size)
+        ]
+    )
     return video_embeddings(vanilla, images, batch_size), video_embeddings(adapted, images, batch_size), text

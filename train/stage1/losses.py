@@ -23,8 +23,9 @@ from distinctad.train.models.clip_ad import pool_video
 from distinctad.train.stage1.config import Stage1LossConfig
 
 
-def word_scores(frame_emb: torch.Tensor, word_emb: torch.Tensor, mode: str = "max",
-                frame_temperature: float = 0.1) -> torch.Tensor:
+def word_scores(
+    frame_emb: torch.Tensor, word_emb: torch.Tensor, mode: str = "max", frame_temperature: float = 0.1
+) -> torch.Tensor:
     """score(clip b, word w of AD c) pooled over the clip's frames.
 
     Args:
@@ -41,8 +42,15 @@ def word_scores(frame_emb: torch.Tensor, word_emb: torch.Tensor, mode: str = "ma
     return frame_temperature * (torch.logsumexp(sim / frame_temperature, dim=1) - math.log(T))
 
 
-def mil_nce(frame_emb: torch.Tensor, word_emb: torch.Tensor, word_mask: torch.Tensor, offset: int = 0,
-            mode: str = "max", temperature: float = 0.07, frame_temperature: float = 0.1) -> torch.Tensor:
+def mil_nce(
+    frame_emb: torch.Tensor,
+    word_emb: torch.Tensor,
+    word_mask: torch.Tensor,
+    offset: int = 0,
+    mode: str = "max",
+    temperature: float = 0.07,
+    frame_temperature: float = 0.1,
+) -> torch.Tensor:
     """Frame–word MIL-NCE of local clips against the words of all ADs.
 
     For clip i with own words P_i: loss_i = logsumexp_{all words w}(s_iw / tau) - logsumexp_{w in P_i}(s_iw / tau)
@@ -100,11 +108,22 @@ class Stage1Loss(nn.Module):
         self.cfg = cfg or Stage1LossConfig()
         self.rank = rank
         self.world_size = world_size
-        self.clip_loss = ClipLoss(local_loss=self.cfg.local_loss, gather_with_grad=self.cfg.gather_with_grad,
-                                  cache_labels=True, rank=rank, world_size=world_size)
+        self.clip_loss = ClipLoss(
+            local_loss=self.cfg.local_loss,
+            gather_with_grad=self.cfg.gather_with_grad,
+            cache_labels=True,
+            rank=rank,
+            world_size=world_size,
+        )
 
-    def forward(self, frame_emb: torch.Tensor, text_emb: torch.Tensor, word_emb: torch.Tensor,
-                word_mask: torch.Tensor, logit_scale: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        frame_emb: torch.Tensor,
+        text_emb: torch.Tensor,
+        word_emb: torch.Tensor,
+        word_mask: torch.Tensor,
+        logit_scale: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
         """Compute the Stage-I loss of a local batch.
 
         Args:
@@ -127,8 +146,15 @@ class Stage1Loss(nn.Module):
             if self.world_size > 1:
                 word_emb, word_mask = _gather_words(word_emb, word_mask, self.world_size)
                 offset = self.rank * frame_emb.shape[0]
-            mil = mil_nce(frame_emb, word_emb, word_mask, offset, self.cfg.mil_mode, self.cfg.mil_temperature,
-                          self.cfg.frame_temperature)
+            mil = mil_nce(
+                frame_emb,
+                word_emb,
+                word_mask,
+                offset,
+                self.cfg.mil_mode,
+                self.cfg.mil_temperature,
+                self.cfg.frame_temperature,
+            )
             if self.world_size > 1 and not self.cfg.local_loss:
                 # With local_loss=False ClipLoss gives every rank the full-batch loss; match that scale (the mean
                 # over ranks) so both terms keep the "world_size x full-batch gradient" contract.
@@ -136,8 +162,9 @@ class Stage1Loss(nn.Module):
         return dict(loss=global_loss + self.cfg.lambda_mil * mil, global_loss=global_loss, mil_loss=mil)
 
 
-def make_step(model: nn.Module, loss_fn: Stage1Loss, optimizer: torch.optim.Optimizer,
-              autocast_dtype: torch.dtype | None = None) -> Callable[[torch.Tensor, Sequence[str]], dict]:
+def make_step(
+    model: nn.Module, loss_fn: Stage1Loss, optimizer: torch.optim.Optimizer, autocast_dtype: torch.dtype | None = None
+) -> Callable[[torch.Tensor, Sequence[str]], dict]:
     """A plain-PyTorch Stage-I training step: forward, loss, backward, optimizer step.
 
     Args:

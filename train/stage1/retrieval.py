@@ -16,8 +16,9 @@ def _ranks(sim: torch.Tensor) -> torch.Tensor:
     return (sim >= diag).sum(dim=1) - 1
 
 
-def retrieval_metrics(video_emb: torch.Tensor, text_emb: torch.Tensor,
-                      ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+def retrieval_metrics(
+    video_emb: torch.Tensor, text_emb: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)
+) -> dict[str, float]:
     """Recall@k (in %) and median rank for paired embeddings, video i <-> text i.
 
     Args:

@@ -116,7 +116,7 @@ def read_movie_clips(
 
 
 class Stage1Task(Task):
-    """The Stage-I :class:`~distinctad.train.core.loop.Task`: frames shards in, CLIP-AD trained, retrieval out."""
+    """The Stage-I :class:`~distinctad.train.core.task.Task`: frames shards in, CLIP-AD trained, retrieval out."""
 
     def __init__(self, cfg: Stage1Job):
         self.cfg = cfg

@@ -57,8 +57,7 @@ class Stage2EvalArgs:
 
 
 def _default_model() -> CaptionerConfig:
-    return CaptionerConfig(llm="tiny-gpt2", feature_dim=512, d_model=64, num_latents=4, perceiver_heads=4,
-                           num_bases=8)
+    return CaptionerConfig(llm="tiny-gpt2", feature_dim=512, d_model=64, num_latents=4, perceiver_heads=4, num_bases=8)
 
 
 @dataclass

@@ -79,7 +79,7 @@ def resolve_tokenizer(cfg: Stage2Job) -> None:
 
 
 class Stage2Task(Task):
-    """The captioner as a :class:`distinctad.train.core.loop.Task`."""
+    """The captioner as a :class:`distinctad.train.core.task.Task`."""
 
     def __init__(self, cfg: Stage2Job, tokenizer):
         self.cfg = cfg

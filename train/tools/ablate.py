@@ -23,15 +23,20 @@ COLUMNS = ["CIDEr", "R@5/16", "BLEU-1", "BLEU-4", "METEOR", "ROUGE-L"]
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    p = argparse.ArgumentParser(prog="distinctad-ablate", description=__doc__,
-                                usage="%(prog)s [CONFIG.yaml] [options] [--section.key VALUE ...]",
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="distinctad-ablate",
+        description=__doc__,
+        usage="%(prog)s [CONFIG.yaml] [options] [--section.key VALUE ...]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--rows", default="A0,B1,B2,B3,C0,C1,C2,C3", help="Table D.2 rows to run, comma-separated.")
     p.add_argument("--seeds", default="0", help="Seeds, comma-separated; the table shows mean ± std over them.")
     p.add_argument("--out", default="runs/ablation", help="Folder for the rows' run directories and the table.")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
-    p.epilog = ("CONFIG (optional, first): a Stage-II YAML (default launch/configs/stage2.yaml); any other "
-                "--section.key VALUE is a config override applied to every row.")
+    p.epilog = (
+        "CONFIG (optional, first): a Stage-II YAML (default launch/configs/stage2.yaml); any other "
+        "--section.key VALUE is a config override applied to every row."
+    )
     config = argv[0] if argv and not argv[0].startswith("-") else None
     args, overrides = p.parse_known_args(argv[1:] if config else argv)
     args.config = config
@@ -52,8 +57,10 @@ def table(results: dict[str, list[dict[str, float]]], rows: list[str], switches:
     for row in rows:
         s = switches[row]
         vals = [fmt([r[f"eval/{c}"] for r in results[row] if f"eval/{c}" in r]) for c in COLUMNS]
-        lines.append(f"| {row} | {'✓' if s['alpha_path'] else ''} | {'✓' if s['beta_path'] else ''} | "
-                     f"{s['lambda_dist']:g} | {len(results[row])} | " + " | ".join(vals) + " |")
+        lines.append(
+            f"| {row} | {'✓' if s['alpha_path'] else ''} | {'✓' if s['beta_path'] else ''} | "
+            f"{s['lambda_dist']:g} | {len(results[row])} | " + " | ".join(vals) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -93,10 +100,15 @@ def run_ablation(argv: list[str] | None = None) -> dict[str, Any]:
     _, rank, _ = D.init_distributed()
     init_logger(rank=rank)
     out = Path(args.out)
-    parent = ParentRun(base.tracking.uri, base.tracking.experiment, f"ablation-{out.name}",
-                       enabled=base.tracking.enabled and D.is_master())
-    parent.log_params({"rows": ",".join(rows), "seeds": args.seeds, "config": config,
-                       "train.max_steps": base.train.max_steps})
+    parent = ParentRun(
+        base.tracking.uri,
+        base.tracking.experiment,
+        f"ablation-{out.name}",
+        enabled=base.tracking.enabled and D.is_master(),
+    )
+    parent.log_params(
+        {"rows": ",".join(rows), "seeds": args.seeds, "config": config, "train.max_steps": base.train.max_steps}
+    )
     results: dict[str, list[dict[str, float]]] = {r: [] for r in rows}
     status = "FAILED"
     try:
@@ -104,15 +116,29 @@ def run_ablation(argv: list[str] | None = None) -> dict[str, Any]:
             for row in rows:
                 name = f"{row}-seed{seed}"
                 # the preset comes first: a switch the user overrides explicitly still wins over the row's
-                cfg = load_config(Stage2Job, config, ["--model.preset", row, *overrides, "--run.name", name,
-                                                      "--run.out_dir", str(out / name), "--run.seed", str(seed)])
+                cfg = load_config(
+                    Stage2Job,
+                    config,
+                    [
+                        "--model.preset",
+                        row,
+                        *overrides,
+                        "--run.name",
+                        name,
+                        "--run.out_dir",
+                        str(out / name),
+                        "--run.seed",
+                        str(seed),
+                    ],
+                )
                 cfg.tracking.parent_run_id = parent.run_id or cfg.tracking.parent_run_id
                 logger.info("=== ablation row %s, seed %d ===", row, seed)
                 summary = get_job("stage2").run(cfg)
                 results[row].append({k: v for k, v in summary.items() if k.startswith("eval/")})
         switches = {r: PRESETS[r] for r in rows}
-        md = (f"# Table D.2 ablation ({len(seeds)} seed(s), {base.train.max_steps} steps each)\n\n"
-              + table(results, rows, switches))
+        md = f"# Table D.2 ablation ({len(seeds)} seed(s), {base.train.max_steps} steps each)\n\n" + table(
+            results, rows, switches
+        )
         if D.is_master():
             atomic_write_text(out / "ablation.md", md)
             atomic_write_json(out / "ablation.json", results)

@@ -28,8 +28,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="quickstart", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="quickstart", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--work", default="work/quickstart", help="Folder for data, shards, runs and the results table.")
     p.add_argument("--movies", type=int, default=4, help="SynthMAD movies (the last one is the eval split).")
     p.add_argument("--ads-per-movie", type=int, default=48, help="SynthMAD ADs per movie.")
@@ -39,8 +40,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="Seed of the data and of every run.")
     p.add_argument("--num-beams", type=int, default=GenerationArgs().num_beams, help="Beam width of generation.")
     p.add_argument("--experiment", default="distinctad-quickstart", help="MLflow experiment.")
-    p.add_argument("--tracking-uri", default="", help="MLflow URI; empty: $MLFLOW_TRACKING_URI, else "
-                   "sqlite:///mlflow.db in the current folder.")
+    p.add_argument(
+        "--tracking-uri",
+        default="",
+        help="MLflow URI; empty: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the current folder.",
+    )
     p.add_argument("--fresh", action="store_true", help="Redo every step (delete the work folder's runs first).")
     return p.parse_args(argv)
 
@@ -67,8 +71,9 @@ def run_step(name: str, cmd: list[str], *, done: bool, timer: StepTimer, env: di
     proc = subprocess.run(cmd, env={**os.environ, **env})
     timer.add(name, time.perf_counter() - t0, "ran")
     if proc.returncode != 0:
-        raise SystemExit(f"error: step '{name}' failed (exit {proc.returncode}); fix it and re-run: finished steps "
-                         "are reused")
+        raise SystemExit(
+            f"error: step '{name}' failed (exit {proc.returncode}); fix it and re-run: finished steps are reused"
+        )
 
 
 def finished(run_dir: Path) -> bool:
@@ -91,8 +96,13 @@ def main(argv: list[str] | None = None) -> None:
     uri = tracking_uri(args.tracking_uri)
     parent = ParentRun(uri, args.experiment, f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}")
     env = {"MLFLOW_TRACKING_URI": uri, "HF_HUB_OFFLINE": "1"}
-    track = ["--tracking.uri", uri, "--tracking.experiment", args.experiment,
-             *(["--tracking.parent_run_id", parent.run_id] if parent.run_id else [])]
+    track = [
+        "--tracking.uri",
+        uri,
+        "--tracking.experiment",
+        args.experiment,
+        *(["--tracking.parent_run_id", parent.run_id] if parent.run_id else []),
+    ]
     parent.log_params(vars(args))
     timer = StepTimer()
     status = "FAILED"
@@ -109,37 +119,109 @@ def _pipeline(args, work: Path, track: list[str], env: dict[str, str], timer: St
     feats_ready = {}
 
     # 1. data
-    run_step("SynthMAD", ["distinctad-shards", "synth", "--out", str(synth), "--movies", str(args.movies),
-                          "--ads-per-movie", str(args.ads_per_movie), "--seed", str(args.seed), "--videos",
-                          "--features"], done=(synth / "annotations.json").is_file(), timer=timer, env=env)
+    run_step(
+        "SynthMAD",
+        [
+            "distinctad-shards",
+            "synth",
+            "--out",
+            str(synth),
+            "--movies",
+            str(args.movies),
+            "--ads-per-movie",
+            str(args.ads_per_movie),
+            "--seed",
+            str(args.seed),
+            "--videos",
+            "--features",
+        ],
+        done=(synth / "annotations.json").is_file(),
+        timer=timer,
+        env=env,
+    )
     for split, key in (("train", "TRAIN"), ("eval", "EVAL")):
         out = shards / f"frames-{split}"
-        run_step(f"frames shards ({split})",
-                 ["distinctad-shards", "build", "--annotations", str(synth / "annotations.json"), "--videos",
-                  str(synth / "videos"), "--kind", "frames", "--split", split, "--split-file",
-                  str(synth / "splits.json"), "--split-key", key, "--maxcount", "4", "--no-progress", "--out",
-                  str(out)], done=(out / "manifest.json").is_file(), timer=timer, env=env)
+        run_step(
+            f"frames shards ({split})",
+            [
+                "distinctad-shards",
+                "build",
+                "--annotations",
+                str(synth / "annotations.json"),
+                "--videos",
+                str(synth / "videos"),
+                "--kind",
+                "frames",
+                "--split",
+                split,
+                "--split-file",
+                str(synth / "splits.json"),
+                "--split-key",
+                key,
+                "--maxcount",
+                "4",
+                "--no-progress",
+                "--out",
+                str(out),
+            ],
+            done=(out / "manifest.json").is_file(),
+            timer=timer,
+            env=env,
+        )
 
     # 2. Stage-I
     s1 = runs / "stage1"
-    run_step("Stage-I (CLIP-AD)", ["bash", str(REPO / "launch/stage1.sh"), str(REPO / "launch/configs/stage1.yaml"),
-                                   "--run.name", "stage1", "--run.out_dir", str(s1), "--run.seed", str(args.seed),
-                                   "--train.max_steps", str(args.stage1_steps),
-                                   "--data.train_shards", str(shards / "frames-train"),
-                                   "--data.eval_shards", str(shards / "frames-eval"), *track],
-             done=finished(s1) and (s1 / "clip_ad").is_dir(), timer=timer, env=env)
+    run_step(
+        "Stage-I (CLIP-AD)",
+        [
+            "bash",
+            str(REPO / "launch/stage1.sh"),
+            str(REPO / "launch/configs/stage1.yaml"),
+            "--run.name",
+            "stage1",
+            "--run.out_dir",
+            str(s1),
+            "--run.seed",
+            str(args.seed),
+            "--train.max_steps",
+            str(args.stage1_steps),
+            "--data.train_shards",
+            str(shards / "frames-train"),
+            "--data.eval_shards",
+            str(shards / "frames-eval"),
+            *track,
+        ],
+        done=finished(s1) and (s1 / "clip_ad").is_dir(),
+        timer=timer,
+        env=env,
+    )
     for png in sorted((s1 / "fig_b2").glob("*.png"))[-1:]:
         parent.log_artifact(png, "fig_b2")
 
     # 3. features: vanilla CLIP (the Stage-I model as initialised) and CLIP-AD
-    for name, source in (("vanilla", ["--model", "distinctad-tiny", "--seed", str(args.seed)]),
-                         ("clipad", ["--pretrained", str(s1)])):
+    for name, source in (
+        ("vanilla", ["--model", "distinctad-tiny", "--seed", str(args.seed)]),
+        ("clipad", ["--pretrained", str(s1)]),
+    ):
         for split in ("train", "eval"):
             out = shards / f"feats-{name}-{split}"
-            run_step(f"extract {name} ({split})",
-                     ["distinctad-extract", "--frames", str(shards / f"frames-{split}"), "--out", str(out),
-                      "--maxcount", "2", "--no-progress", *source],
-                     done=(out / "manifest.json").is_file(), timer=timer, env=env)
+            run_step(
+                f"extract {name} ({split})",
+                [
+                    "distinctad-extract",
+                    "--frames",
+                    str(shards / f"frames-{split}"),
+                    "--out",
+                    str(out),
+                    "--maxcount",
+                    "2",
+                    "--no-progress",
+                    *source,
+                ],
+                done=(out / "manifest.json").is_file(),
+                timer=timer,
+                env=env,
+            )
         feats_ready[name] = (shards / f"feats-{name}-train", shards / f"feats-{name}-eval")
 
     # 4. Stage-II, 5. generation, 6. evaluation, per (features, configuration)
@@ -149,21 +231,62 @@ def _pipeline(args, work: Path, track: list[str], env: dict[str, str], timer: St
         for row in [r.strip() for r in args.configs.split(",") if r.strip()]:
             name = f"{feat}-{row}"
             run_dir = runs / f"stage2-{name}"
-            run_step(f"Stage-II {name}",
-                     ["bash", str(REPO / "launch/stage2.sh"), str(REPO / "launch/configs/stage2.yaml"),
-                      "--run.name", f"stage2-{name}", "--run.out_dir", str(run_dir), "--run.seed", str(args.seed),
-                      "--train.max_steps", str(args.stage2_steps), "--data.train_shards", str(train_dir),
-                      "--data.eval_shards", str(eval_dir), "--model.feature_dim", str(dim), "--model.preset", row,
-                      "--eval.enabled", "false", *track],
-                     done=finished(run_dir), timer=timer, env=env)
+            run_step(
+                f"Stage-II {name}",
+                [
+                    "bash",
+                    str(REPO / "launch/stage2.sh"),
+                    str(REPO / "launch/configs/stage2.yaml"),
+                    "--run.name",
+                    f"stage2-{name}",
+                    "--run.out_dir",
+                    str(run_dir),
+                    "--run.seed",
+                    str(args.seed),
+                    "--train.max_steps",
+                    str(args.stage2_steps),
+                    "--data.train_shards",
+                    str(train_dir),
+                    "--data.eval_shards",
+                    str(eval_dir),
+                    "--model.feature_dim",
+                    str(dim),
+                    "--model.preset",
+                    row,
+                    "--eval.enabled",
+                    "false",
+                    *track,
+                ],
+                done=finished(run_dir),
+                timer=timer,
+                env=env,
+            )
             preds = res / f"{name}_predictions.jsonl"
-            run_step(f"generate {name}", ["distinctad-generate", "--ckpt", str(run_dir), "--shards", str(eval_dir),
-                                          "--out", str(preds), "--num-beams", str(args.num_beams)],
-                     done=preds.is_file(), timer=timer, env=env)
+            run_step(
+                f"generate {name}",
+                [
+                    "distinctad-generate",
+                    "--ckpt",
+                    str(run_dir),
+                    "--shards",
+                    str(eval_dir),
+                    "--out",
+                    str(preds),
+                    "--num-beams",
+                    str(args.num_beams),
+                ],
+                done=preds.is_file(),
+                timer=timer,
+                env=env,
+            )
             report = res / f"{name}_report"
-            run_step(f"evaluate {name}", ["distinctad-eval", "--pred", str(preds), "--gt", str(eval_dir), "--out",
-                                          str(report), "--no-progress"],
-                     done=Path(f"{report}.json").is_file(), timer=timer, env=env)
+            run_step(
+                f"evaluate {name}",
+                ["distinctad-eval", "--pred", str(preds), "--gt", str(eval_dir), "--out", str(report), "--no-progress"],
+                done=Path(f"{report}.json").is_file(),
+                timer=timer,
+                env=env,
+            )
             results[name] = json.loads(Path(f"{report}.json").read_text())
             parent.log_artifact(f"{report}.md", "eval")
             parent.log_artifact(_samples_table(preds, eval_dir, res / f"{name}_samples.md"), "samples")
@@ -203,8 +326,10 @@ def _print_closing(results: dict, timer: StepTimer, work: Path, uri: str) -> Non
         print(f"  {name:<28} {secs:7.1f} s  {status}")
     print(f"  {'total':<28} {total:7.1f} s")
     print(f"\nTable: {work / 'results' / 'results.md'}")
-    print(f"Look at the runs:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
-          "   (then open http://127.0.0.1:5000)")
+    print(
+        f"Look at the runs:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+        "   (then open http://127.0.0.1:5000)"
+    )
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ from distinctad.train.trivial.config import TrivialJob, TrivialModelArgs
 class MLP(nn.Module):
     def __init__(self, in_dim: int, hidden: int):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
-                                 nn.Linear(hidden, 1))
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, in_dim) -> (B,)
         return self.net(x).squeeze(-1)
@@ -51,7 +52,7 @@ class TrivialTask(Task):
         mine = perm[rank::world]
         n = len(perm) // world // mb  # equal batch count on every rank
         for i in range(skip, n):
-            idx = mine[i * mb:(i + 1) * mb]
+            idx = mine[i * mb : (i + 1) * mb]
             yield self.x[idx], self.y[idx], idx
 
     def loss(self, engine, batch) -> tuple[torch.Tensor, dict[str, float]]:
