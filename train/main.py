@@ -32,6 +32,14 @@ def _usage() -> str:
     )
 
 
+def _print(text: str) -> None:
+    """Print help; a reader that closes the pipe early (``| head``) is not an error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's documented way to exit quietly
+
+
 def strip_launcher_args(argv: list[str]) -> list[str]:
     """The deepspeed launcher appends --local_rank=N; the rank comes from the environment instead."""
     out, skip = [], False
@@ -59,7 +67,7 @@ def run_job(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the model hub: weights come from local paths
     argv = strip_launcher_args(list(sys.argv[1:] if argv is None else argv))
     if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
+        _print(_usage())
         raise SystemExit(0 if argv else 2)
     job, rest = argv[0], argv[1:]
     if job not in JOBS:
@@ -67,7 +75,7 @@ def run_job(argv: list[str] | None = None) -> dict:
     spec = JOBS[job]
     if "-h" in rest or "--help" in rest:
         head = USAGE.splitlines()[0].replace("JOB", job)
-        print(
+        _print(
             f"{head}\n\n{spec.summary}; default config {spec.default_yaml}.\n\nkeys:\n"
             + "\n".join(describe(spec.config))
         )

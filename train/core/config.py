@@ -315,7 +315,11 @@ def describe(cfg: Any, prefix: str = "", section_help: str = "") -> list[str]:
         if dataclasses.is_dataclass(value):
             lines.extend(describe(value, prefix=f"{prefix}{f.name}.", section_help=docs.get(f.name, "")))
             continue
-        name = _type_name(hints[f.name]).replace("NoneType", "None")
+        tp = hints[f.name]
+        if get_origin(tp) is Literal:
+            name = "|".join(map(str, get_args(tp)))
+        else:
+            name = _type_name(tp).replace("NoneType", "None")
         lines.append(f"  --{prefix}{f.name} ({name}, default {value!r}): {docs.get(f.name, '')}")
     return lines
 

@@ -100,3 +100,20 @@ class TrackingArgs:
     """MLflow experiment name."""
     parent_run_id: str = ""
     """Nest this run under an existing MLflow run (pipelines, ablations)."""
+
+
+@dataclass
+class JobConfig:
+    """The sections every job shares; a job's top-level config subclasses it and adds its own sections.
+
+    ``describe`` and ``field_docs`` walk the class hierarchy, so ``--help`` lists these first, then the job's.
+    """
+
+    run: RunArgs = field(default_factory=RunArgs)
+    """Run identity, output directory, seed, resume."""
+    train: TrainArgs = field(default_factory=TrainArgs)
+    """Optimisation, logging and checkpoint cadence."""
+    deepspeed: DeepSpeedArgs = field(default_factory=DeepSpeedArgs)
+    """DeepSpeed JSON, ZeRO stage, precision."""
+    tracking: TrackingArgs = field(default_factory=TrackingArgs)
+    """MLflow tracking."""

@@ -25,7 +25,7 @@ from distinctad.train.models.contextual_ema import ContextualEMA
 from distinctad.train.models.cross_attention import ContextCrossAttention
 from distinctad.train.models.distinctive import distinctive_targets, distinctive_word_loss, pad_targets
 from distinctad.train.models.distinctive_prompt import DistinctivePrompt
-from distinctad.train.models.llm import apply_lora, build_llm, special_ids
+from distinctad.train.models.llm import apply_lora, build_llm, generate_settings, left_pad, special_ids
 from distinctad.train.models.perceiver import PerceiverResampler
 
 
@@ -260,20 +260,8 @@ class DistinctADCaptioner(nn.Module):
             # depend on this rank's number of clips.
             gen_emb = embed(gen_ids)  # (V, S_g, E)
             rows = [torch.cat([prompt[v], gen_emb[v][gen_mask[v]]], dim=0) for v in range(V)]
-            S = max(r.shape[0] for r in rows)
-            inputs = prompt.new_zeros(V, S, E)
-            attn = torch.zeros(V, S, dtype=torch.long, device=prompt.device)
-            for v, r in enumerate(rows):  # left padding: every row ends where generation starts
-                inputs[v, S - r.shape[0] :] = r
-                attn[v, S - r.shape[0] :] = 1
-            kwargs = dict(
-                **(gen or GenerationArgs()).decoding(),
-                min_new_tokens=1,
-                do_sample=False,
-                pad_token_id=self.pad_id,
-                eos_token_id=self.eos_id,
-                bos_token_id=self.bos_id,
-            )
+            inputs, attn = left_pad(rows)  # (V, S, E), (V, S)
+            kwargs = generate_settings((gen or GenerationArgs()).decoding(), self.pad_id, self.eos_id, self.bos_id)
             # <bos>/<pad> decode to nothing: never generate them, so an AD is never an empty string.
             suppress = sorted({self.bos_id, self.pad_id} - {self.eos_id})
             if suppress:

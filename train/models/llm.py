@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -244,3 +245,29 @@ def save_llm(model: PreTrainedModel, tokenizer, out_dir: str | os.PathLike) -> P
         if tmp.exists():
             shutil.rmtree(tmp)
     return out_dir
+
+
+def left_pad(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack rows of input embeddings for generation, left-padded so every row ends where generation starts.
+
+    Args:
+        rows: B tensors of shape (len_b, E), same dtype and device.
+
+    Returns:
+        ``(inputs_embeds (B, L, E), attention_mask (B, L))`` with L = max len_b; padding is zeros, mask 0.
+    """
+    L = max(r.shape[0] for r in rows)
+    inputs = rows[0].new_zeros(len(rows), L, rows[0].shape[-1])
+    attn = torch.zeros(len(rows), L, dtype=torch.long, device=rows[0].device)
+    for b, r in enumerate(rows):
+        inputs[b, L - r.shape[0] :] = r
+        attn[b, L - r.shape[0] :] = 1
+    return inputs, attn
+
+
+def generate_settings(decoding: dict[str, Any], pad_id: int, eos_id: int, bos_id: int) -> dict[str, Any]:
+    """HF ``generate`` keyword arguments: ``decoding`` (``GenerationArgs.decoding()``) plus what every DistinctAD LM
+    call needs: at least one new token (no empty AD), deterministic decoding, and the tokenizer's special ids."""
+    return dict(
+        **decoding, min_new_tokens=1, do_sample=False, pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=bos_id
+    )

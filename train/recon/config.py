@@ -13,7 +13,7 @@ from typing import Literal
 
 from distinctad.data.annotations import BAD_UTF8_POLICIES, DEFAULT_BAD_UTF8
 from distinctad.train.core.config import ConfigError
-from distinctad.train.core.params import DeepSpeedArgs, RunArgs, TrackingArgs, TrainArgs
+from distinctad.train.core.params import JobConfig
 from distinctad.train.models.captioner_config import GenerationArgs
 from distinctad.train.models.clip_names import TINY_MODEL
 
@@ -151,17 +151,9 @@ class ReconEvalArgs:
 
 
 @dataclass
-class ReconJob:
+class ReconJob(JobConfig):
     """The whole recon job: shared sections, the epoch budget and the experiment's own sections."""
 
-    run: RunArgs = field(default_factory=RunArgs)
-    """Run identity, output directory, seed, resume."""
-    train: TrainArgs = field(default_factory=TrainArgs)
-    """Optimisation, logging and checkpoint cadence."""
-    deepspeed: DeepSpeedArgs = field(default_factory=DeepSpeedArgs)
-    """DeepSpeed JSON, ZeRO stage, precision."""
-    tracking: TrackingArgs = field(default_factory=TrackingArgs)
-    """MLflow tracking."""
     epochs: int = 10
     """Passes over the training ADs (Table A.1: 10); sets train.max_steps. 0: train for train.max_steps as given."""
     data: ReconDataArgs = field(default_factory=ReconDataArgs)

@@ -25,7 +25,7 @@ from distinctad.common import atomic_path, atomic_write_json
 from distinctad.train.core.config import ConfigError, from_dict
 from distinctad.train.models.captioner_config import GenerationArgs
 from distinctad.train.models.clip_ad import CLIPAD, WeightsNotFoundError, build_clip_ad, text_token_outputs
-from distinctad.train.models.llm import build_llm, load_tokenizer, special_ids
+from distinctad.train.models.llm import build_llm, generate_settings, left_pad, load_tokenizer, special_ids
 from distinctad.train.recon.config import RECON_DECODING, ReconModelArgs
 
 IGNORE = -100
@@ -166,20 +166,9 @@ class ReconModel(nn.Module):
         embed = self.llm.get_input_embeddings()
         bos = embed(torch.tensor([self.bos_id], device=prefix.device))  # (1, H)
         rows = [torch.cat([prefix[b][prefix_mask[b]], bos]) for b in range(len(prefix))]
-        L = max(len(r) for r in rows)
-        inputs = prefix.new_zeros(len(rows), L, prefix.shape[-1])
-        attn = torch.zeros(len(rows), L, dtype=torch.long, device=prefix.device)
-        for b, r in enumerate(rows):  # left padding: every row ends where generation starts
-            inputs[b, L - len(r) :] = r
-            attn[b, L - len(r) :] = 1
-        kwargs = dict(
-            **(gen or GenerationArgs(**RECON_DECODING)).decoding(),
-            min_new_tokens=1,
-            do_sample=False,
-            pad_token_id=self.pad_id,
-            eos_token_id=self.eos_id,
-            bos_token_id=self.bos_id,
-        )
+        inputs, attn = left_pad(rows)  # (B, L, H), (B, L)
+        decoding = (gen or GenerationArgs(**RECON_DECODING)).decoding()
+        kwargs = generate_settings(decoding, self.pad_id, self.eos_id, self.bos_id)
         kwargs.update(generate_kwargs)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"Passing `\w+` with `inputs_embeds`")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from distinctad.train.core.config import ConfigError
-from distinctad.train.core.params import DeepSpeedArgs, RunArgs, TrackingArgs, TrainArgs
+from distinctad.train.core.params import JobConfig
 from distinctad.train.models.clip_names import DEFAULT_MODEL
 
 
@@ -132,15 +132,7 @@ class Stage1EvalArgs:
 
 
 @dataclass
-class Stage1Job:
-    run: RunArgs = field(default_factory=RunArgs)
-    """Run identity, output directory, seed, resume."""
-    train: TrainArgs = field(default_factory=TrainArgs)
-    """Optimisation, logging and checkpoint cadence."""
-    deepspeed: DeepSpeedArgs = field(default_factory=DeepSpeedArgs)
-    """DeepSpeed JSON, ZeRO stage, precision."""
-    tracking: TrackingArgs = field(default_factory=TrackingArgs)
-    """MLflow tracking."""
+class Stage1Job(JobConfig):
     model: Stage1ModelArgs = field(default_factory=Stage1ModelArgs)
     """The CLIP-AD model: architecture, weights, what trains."""
     loss: Stage1LossConfig = field(default_factory=Stage1LossConfig)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from distinctad.train.core.params import DeepSpeedArgs, RunArgs, TrackingArgs, TrainArgs
+from distinctad.train.core.params import JobConfig
 from distinctad.train.models.captioner_config import CaptionerConfig, GenerationArgs
 
 
@@ -61,17 +61,10 @@ def _default_model() -> CaptionerConfig:
 
 
 @dataclass
-class Stage2Job:
-    run: RunArgs = field(default_factory=RunArgs)
-    """Run identity, output directory, seed, resume."""
-    train: TrainArgs = field(default_factory=TrainArgs)
-    """Optimisation, logging and checkpoint cadence."""
-    deepspeed: DeepSpeedArgs = field(default_factory=DeepSpeedArgs)
-    """DeepSpeed JSON, ZeRO stage, precision."""
-    tracking: TrackingArgs = field(default_factory=TrackingArgs)
-    """MLflow tracking."""
+class Stage2Job(JobConfig):
     data: Stage2DataArgs = field(default_factory=Stage2DataArgs)
     """Window shards (or the SynthMAD default)."""
-    model: CaptionerConfig = field(default_factory=_default_model, metadata={"help": "The captioner (DESIGN §5)."})
+    model: CaptionerConfig = field(default_factory=_default_model)
+    """The captioner (DESIGN §5); the job's default is a tiny one (tiny-gpt2, d 64, L 4, K 8)."""
     eval: Stage2EvalArgs = field(default_factory=Stage2EvalArgs)
     """Evaluation through the eval harness."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from distinctad.train.core.params import DeepSpeedArgs, RunArgs, TrackingArgs, TrainArgs
+from distinctad.train.core.params import JobConfig
 
 
 @dataclass
@@ -20,14 +20,6 @@ class TrivialModelArgs:
 
 
 @dataclass
-class TrivialJob:
-    run: RunArgs = field(default_factory=RunArgs)
-    """Run identity, output directory, seed, resume."""
-    train: TrainArgs = field(default_factory=TrainArgs)
-    """Optimisation, logging and checkpoint cadence."""
-    deepspeed: DeepSpeedArgs = field(default_factory=DeepSpeedArgs)
-    """DeepSpeed JSON, ZeRO stage, precision."""
-    tracking: TrackingArgs = field(default_factory=TrackingArgs)
-    """MLflow tracking."""
+class TrivialJob(JobConfig):
     model: TrivialModelArgs = field(default_factory=TrivialModelArgs)
     """The trivial MLP and its data."""
