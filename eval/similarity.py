@@ -3,10 +3,10 @@
 AutoAD-II scores R@k/N with BERTScore-F1 (roberta-large, baseline-rescaled). That needs the ``bert-score``
 package and the roberta-large weights on disk, which a laptop or CI may lack, so the backend is pluggable:
 
-- ``bertscore``: BERTScore-F1 with baseline rescaling, as the paper (``bert_score.BERTScorer``).
+- ``bertscore``: BERTScore-F1 with baseline rescaling, as AutoAD-II defines R@k/N (``bert_score.BERTScorer``).
 - ``embedding``: any local Hugging Face encoder directory (e.g. a sentence-transformers model); mean-pooled
   last hidden states, cosine similarity.
-- ``lexical``: deterministic and dependency-free, for tests and quick checks; NOT comparable to the paper.
+- ``lexical``: deterministic and dependency-free, for tests and quick checks; NOT comparable to published R@k/N numbers.
 
 Every backend maps (predictions, references) to a (P, R) similarity matrix; only the ranking within a row
 matters for R@k/N.
