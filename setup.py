@@ -17,6 +17,7 @@ def _packages(folder: str) -> list[str]:
 
 
 TORCH = ["torch>=2.4,<=2.14.1", "torchvision"]
+LLAMA = ["peft>=0.10"]  # LoRA adapters (Llama-3 captioner)
 
 setup(
     name="distinctad",
@@ -49,8 +50,10 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "dev": ["pytest>=8", "ruff==0.17.6"],
-        "llama": ["peft>=0.10"],
+        # dev: everything the test suite and the lint need; the LoRA tests use peft, so dev holds llama's too.
+        # README and .ci/run install the same extras (tests/test_install.py).
+        "dev": ["pytest>=8", "ruff==0.17.6", *LLAMA],
+        "llama": LLAMA,
     },
     entry_points={
         "console_scripts": [

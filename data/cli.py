@@ -23,6 +23,7 @@ from pathlib import Path
 from distinctad.common import init_logger
 from distinctad.data import annotations
 from distinctad.data.kinds import INPUTS, KINDS, get_kind, kinds_help
+from distinctad.data.paths import check_dir, check_file, check_output_dir, check_shards
 
 logger = logging.getLogger("distinctad.data.cli")
 
@@ -109,12 +110,32 @@ def _add_build(sub) -> None:
     g.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
 
 
+def check_build_paths(args: argparse.Namespace) -> None:
+    """Every path of ``build``, before anything is read or written (one line naming the flag and the path)."""
+    files = [
+        ("--annotations", args.annotations),
+        ("--features", args.features),
+        ("--split-file", args.split_file),
+        ("--duration-ref", args.duration_ref),
+        ("--imdb-map", args.imdb_map),
+        ("--include", args.include),
+        *(("--exclude", spec) for spec in args.exclude),
+    ]
+    for flag, value in files:
+        if value and not value.startswith("preset:"):
+            check_file(flag, value)
+    if args.videos:
+        check_dir("--videos", args.videos, "video folder")
+    check_output_dir("--out", args.out)
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from distinctad.data.curation import curate, load_duration_reference, load_movie_list, load_split
     from distinctad.data.features import FeatureReader
     from distinctad.data.shards import BuildOptions, build_shards, source_record
     from distinctad.data.video import find_video
 
+    check_build_paths(args)
     kind = get_kind(args.kind)
     given = {name: getattr(args, name) for name in INPUTS}
     for name in kind.required_inputs:
@@ -239,6 +260,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from distinctad.data.verify import verify_shards
 
+    check_dir("DIR", args.dir, "shard folder")
     report = verify_shards(args.dir, deep=args.deep)
     for name in report.ok:
         logger.debug("ok %s", name)
@@ -251,14 +273,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from distinctad.data.decode import decode_sample, iter_tar_samples
 
-    path = Path(args.path)
-    if path.is_dir():
-        shards = sorted(path.glob("*.tar"))
-        if not shards:
-            raise ValueError(f"{path}: no .tar shards")
-        path = shards[0]
-    elif not path.is_file():
-        raise ValueError(f"{path}: no such shard or folder")
+    path = Path(check_shards("PATH", args.path)[0])
     shown = 0
     for raw in iter_tar_samples(str(path)):
         sample = decode_sample(raw)
@@ -287,6 +302,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     if not args.videos and not args.features:
         raise ValueError("pass --videos and/or --features (what SynthMAD should render)")
+    check_output_dir("--out", args.out)
     meta = write_synthmad(
         args.out,
         movies=args.movies,

@@ -23,6 +23,8 @@ import functools
 import hashlib
 import io
 import json
+import string
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -165,9 +167,39 @@ def kinds_help() -> str:
 # ---------------------------------------------------------------- helpers shared by kinds
 
 
+_KEY_SAFE = frozenset(string.ascii_letters + string.digits + "_-")
+"""Movie-id characters a sample key keeps as they are; every other one is escaped (:func:`escape_movie`)."""
+
+
+def escape_movie(movie: str) -> str:
+    """The movie-id part of a sample key: ``[A-Za-z0-9_-]`` kept, any other character as ``%XX`` per UTF-8 byte.
+
+    WebDataset splits a member name at the first dot of its last path component and treats ``/`` as a folder, so
+    neither may appear in a key; spaces and non-ASCII are escaped too, so keys stay plain ASCII. ``%`` itself is
+    escaped, which makes the mapping injective (``m.1`` -> ``m%2E1``, ``m_1`` -> ``m_1``, ``m%2E1`` -> ``m%252E1``)
+    and reversible (:func:`unescape_movie`). Ids made of the safe characters alone (MAD's numbers, IMDb ids,
+    ``3034_IDES_OF_MARCH``) are unchanged. The sample's ``json`` member always carries the raw id.
+    """
+    return "".join(
+        c if c in _KEY_SAFE else "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass")) for c in movie
+    )
+
+
+def unescape_movie(escaped: str) -> str:
+    """The movie id :func:`escape_movie` escaped."""
+    return urllib.parse.unquote(escaped, errors="surrogatepass")
+
+
 def sample_key(movie: str, ad_index: int) -> str:
-    """``{movie}__{ad_index:06d}`` with dots in the movie id replaced (WebDataset splits names at the first dot)."""
-    return f"{movie.replace('.', '_')}__{ad_index:06d}"
+    """``{escape_movie(movie)}__{ad_index:06d}``: distinct (movie, ad_index) pairs always get distinct keys."""
+    return f"{escape_movie(movie)}__{ad_index:06d}"
+
+
+def parse_key(key: str) -> tuple[str, int]:
+    """(movie, ad_index) of a :func:`sample_key`: the index holds digits only, so the last ``__`` separates the two
+    even when the id itself holds ``__`` (``a__000001`` of AD 2 is ``a__000001__000002``)."""
+    escaped, _, index = key.rpartition("__")
+    return unescape_movie(escaped), int(index)
 
 
 def npy_bytes(arr: np.ndarray) -> bytes:
@@ -421,9 +453,10 @@ def _frames_collate(samples: list[dict | None], read: ReadOptions, state: dict, 
     real = [s for s in samples if s is not None]
     if real:  # padding rows copy the shape of real ones
         state["pad_image"] = torch.zeros_like(real[0]["images"])  # (T, 3, H, W)
-    if "pad_image" not in state:
-        raise RuntimeError("a frames batch made only of padding before any real sample: image size unknown")
-    rows = [state["pad_image"] if s is None else s["images"] for s in samples]
+    # Padding before any real sample (eval, when this worker's shards were unreadable so far): the image size is
+    # unknown, so the rows are empty images (T, 3, 0, 0); every row is marked invalid and never reaches a model.
+    pad = state.get("pad_image", torch.zeros((read.num_frames, 3, 0, 0)))
+    rows = [pad if s is None else s["images"] for s in samples]
     images = torch.stack(rows, out=empty((len(rows), *rows[0].shape), rows[0].dtype))  # (B, T, 3, H, W)
 
     def field_of(name: str, pad: Any) -> list:

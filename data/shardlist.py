@@ -6,6 +6,7 @@ Used by the streaming reader (``wds_pipeline.py``) to size epochs, and by the jo
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -18,12 +19,21 @@ from distinctad.common import warn_once
 logger = logging.getLogger(__name__)
 
 
+def is_remote(url: str) -> bool:
+    """Whether a shard URL is read by webdataset's own openers (``pipe:``, ``s3://``...) rather than from disk."""
+    return url.startswith("pipe:") or "://" in url
+
+
 def expand_shards(shards: str | list[str]) -> list[str]:
-    """Shard paths from a list, a folder (all ``*.tar``), or a brace pattern ``dir/train-{000000..000009}.tar``."""
+    """Shard paths from a list, a folder (all ``*.tar``), a glob ``dir/train-*.tar`` or a brace pattern
+    ``dir/train-{000000..000009}.tar``. Existence is not checked here (see :func:`distinctad.data.paths.check_shards`).
+    """
     if isinstance(shards, (list, tuple)):
         urls = [str(s) for s in shards]
     elif os.path.isdir(shards):
         urls = [str(p) for p in sorted(Path(shards).glob("*.tar"))]
+    elif any(c in shards for c in "*?[") and not is_remote(shards):
+        urls = sorted(p for pattern in wds.shardlists.expand_urls(shards) for p in glob.glob(pattern))
     else:
         urls = wds.shardlists.expand_urls(shards)
     if not urls:
@@ -32,10 +42,19 @@ def expand_shards(shards: str | list[str]) -> list[str]:
 
 
 def _count_tar_samples(path: str) -> int:
+    """Samples of a tar by its member names; a truncated or unreadable tar counts what can be read (logged)."""
     import tarfile
 
-    with tarfile.open(path) as tf:
-        return len({m.name.split(".", 1)[0] for m in tf.getmembers() if m.isfile()})
+    keys: set[str] = set()
+    try:
+        with tarfile.open(path) as tf:
+            for m in tf:
+                if m.isfile():
+                    keys.add(m.name.split(".", 1)[0])
+    except (OSError, EOFError, tarfile.TarError) as e:
+        why = " ".join(str(e).split())
+        logger.warning("%s: unreadable after %d samples (%s); counting those", path, len(keys), why)
+    return len(keys)
 
 
 def shard_sizes(urls: list[str]) -> list[int]:

@@ -166,10 +166,28 @@ def make_plan(
             continue
         ads_per_movie[movie] = len(kept)
         units.extend(kind.units(movie, kept, opts))
+    check_unique_keys(units)
     feature_dim = features.dim() if features is not None else None
     maxcount = opts.maxcount or max(1, int(opts.shard_size_mb * 1e6 // estimate_sample_bytes(opts, feature_dim)))
     shards = [units[i : i + maxcount] for i in range(0, len(units), maxcount)]
     return Plan(units, shards, ad_drops, movie_drops, ads_per_movie, feature_dim)
+
+
+def check_unique_keys(units: list[Unit]) -> None:
+    """Raise a one-line ``ValueError`` naming both samples when two units share a key.
+
+    :func:`~distinctad.data.kinds.sample_key` is injective, so this only fires for a kind whose ``units`` hook makes
+    keys of its own (or an annotation set with a repeated ``ad_index``). Two samples under one key would be merged
+    into one by every WebDataset reader: a window silently lost.
+    """
+    seen: dict[str, Unit] = {}
+    for unit in units:
+        other = seen.setdefault(unit.key, unit)
+        if other is not unit:
+            raise ValueError(
+                f"sample key {unit.key!r} is shared by movie {other.movie!r} (AD {other.ads[0][0]}) and movie "
+                f"{unit.movie!r} (AD {unit.ads[0][0]}); keys must be unique within a shard set"
+            )
 
 
 # ---------------------------------------------------------------- sample encoding (runs in workers)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tarfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,12 +60,19 @@ def verify_shards(out_dir: str | os.PathLike, *, deep: bool = False) -> VerifyRe
         if deep:
             try:
                 with tarfile.open(path) as tf:
-                    n = len({m.name.split(".", 1)[0] for m in tf.getmembers()})
-                if n != rec["samples"]:
-                    report.problems[rec["file"]] = f"holds {n} samples, manifest says {rec['samples']}"
-                    continue
-            except tarfile.TarError as e:
+                    names = [m.name for m in tf.getmembers()]
+            except (tarfile.TarError, OSError, EOFError) as e:
                 report.problems[rec["file"]] = f"unreadable tar ({e})"
+                continue
+            twice = next((name for name, count in Counter(names).items() if count > 1), None)
+            if twice is not None:
+                # Two samples under one key: every reader merges them into one (a set built before keys were injective).
+                key = twice.split(".", 1)[0]
+                report.problems[rec["file"]] = f"member {twice!r} appears twice: two samples share key {key!r}; rebuild"
+                continue
+            n = len({name.split(".", 1)[0] for name in names})
+            if n != rec["samples"]:
+                report.problems[rec["file"]] = f"holds {n} samples, manifest says {rec['samples']}"
                 continue
         report.ok.append(rec["file"])
     listed = {rec["file"] for rec in manifest.get("shards", [])}

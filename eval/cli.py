@@ -7,12 +7,14 @@ Example:
 from __future__ import annotations
 
 import argparse
+import glob
 import logging
 import os
 import sys
 
 from distinctad.common import init_logger
 from distinctad.data import annotations
+from distinctad.data.paths import PathProblem, check_dir, check_file, check_output_file, check_shards
 from distinctad.eval.captions import CAPTION_METRICS
 from distinctad.eval.errors import EvalEnvironmentError, EvalInputError
 from distinctad.eval.harness import evaluate, log_to_mlflow, to_markdown, write_report
@@ -125,6 +127,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """Every path given, before anything is read (one line naming the flag and the path)."""
+    check_file("--pred", args.pred, "predictions file")
+    gt = args.gt
+    if os.path.isdir(gt) and args.gt_format in (None, "shards"):
+        if not glob.glob(os.path.join(gt, "*.tar")) + glob.glob(os.path.join(gt, "*.tar.gz")):
+            raise PathProblem("--gt", gt, "folder holds no .tar shards")
+    elif args.gt_format == "shards" or any(c in gt for c in "*?[") or gt.endswith((".tar", ".tar.gz")):
+        check_shards("--gt", gt)
+    else:
+        check_file("--gt", gt, "annotation file")
+    if args.out:
+        check_output_file("--out", f"{args.out}.json")
+    if args.backend != "lexical" and args.backend_model:
+        check_dir("--backend-model", args.backend_model, "model folder")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the evaluation: print the Markdown report, write PREFIX.json/.md, log to MLflow when asked.
 
@@ -134,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     init_logger(args.log_level.upper())
     progress = False if args.no_progress else None
     try:
+        check_paths(args)
         normalizer = Normalizer.from_options(args.replace_names, args.lowercase, args.strip_punct)
         preds = read_predictions(args.pred)
         refs = read_references(
@@ -160,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
             time_tolerance=args.time_tolerance,
             progress=progress,
         )
-    except (EvalInputError, EvalEnvironmentError, OSError) as e:
+    except (EvalInputError, EvalEnvironmentError, PathProblem, OSError) as e:
         raise SystemExit(f"error: {e}") from None
     result["meta"]["inputs"] = {"pred": os.path.abspath(args.pred), "gt": os.path.abspath(args.gt)}
     paths: tuple[str, ...] = ()

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import tarfile
+import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -277,23 +278,46 @@ def _shard_paths(spec: str) -> list[str]:
     return paths
 
 
-def read_shard_references(spec: str) -> list[Reference]:
+def _one_line(e: BaseException) -> str:
+    """An exception's text on one line (tarfile lists every compression it tried on its own line)."""
+    return " ".join(str(e).split())
+
+
+def read_shard_references(spec: str, *, skipped: list[str] | None = None) -> list[Reference]:
     """Ground truth from the ``json`` members of window (or frames) shards: a directory, a glob or one tar.
 
     Only JSON is decoded: features and images are skipped unread, and nothing is ever unpickled.
+
+    Args:
+        spec: a shard directory, a glob or one ``.tar``.
+        skipped: strict when ``None`` (the default, what ``distinctad-eval`` uses): a truncated or corrupt shard or
+            sample is an :class:`EvalInputError`. A list makes the read lenient, as the training jobs' own
+            evaluation is: an unreadable sample, or the unreadable rest of a truncated shard, is skipped and one
+            line naming it appended to the list; everything readable is kept.
     """
     recs: list[dict] = []
+
+    def fail(message: str) -> None:
+        if skipped is None:
+            raise EvalInputError(message)
+        skipped.append(message)
+
     for path in _shard_paths(spec):
         try:
             tar = tarfile.open(path, "r:*")
         except (OSError, tarfile.TarError) as e:
-            raise EvalInputError(f"{path}: not a readable tar shard ({e})") from None
+            fail(f"{path}: not a readable tar shard ({_one_line(e)})")
+            continue
         with tar:
-            try:
-                members = list(tar)
-            except (OSError, tarfile.TarError, EOFError) as e:
-                raise EvalInputError(f"{path}: truncated or corrupt tar shard ({e})") from None
-            for member in members:
+            members = iter(tar)
+            while True:
+                try:
+                    member = next(members)
+                except StopIteration:
+                    break
+                except (OSError, tarfile.TarError, EOFError, zlib.error) as e:
+                    fail(f"{path}: truncated or corrupt tar shard ({_one_line(e)})")
+                    break
                 base = os.path.basename(member.name)
                 # WebDataset splits the member name at the first dot: "key.json" is the sample's json field.
                 if not member.isfile() or base.split(".", 1)[-1] != "json":
@@ -301,13 +325,16 @@ def read_shard_references(spec: str) -> list[Reference]:
                 where = f"{path}: {member.name}"
                 try:
                     raw = tar.extractfile(member).read()
-                except (OSError, tarfile.TarError, EOFError) as e:
-                    raise EvalInputError(f"{where}: truncated or corrupt tar shard ({e})") from None
+                except (OSError, tarfile.TarError, EOFError, zlib.error) as e:
+                    fail(f"{where}: truncated or corrupt tar shard ({_one_line(e)})")
+                    break
                 try:
                     meta = json.loads(raw.decode("utf-8"))
+                    recs.extend(_shard_records(meta, where))
                 except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                    raise EvalInputError(f"{where}: not valid UTF-8 JSON ({e})") from None
-                recs.extend(_shard_records(meta, where))
+                    fail(f"{where}: not valid UTF-8 JSON ({e})")
+                except EvalInputError as e:
+                    fail(str(e))
     return as_references(recs)
 
 

@@ -8,6 +8,8 @@
 exec "${PYTHON:-python}" "$0" "$@"
 ":"""
 
+from pathlib import Path
+
 from distinctad.train.tools.quickstart import main
 
-main()
+main(launch_dir=Path(__file__).resolve().parent)  # this clone's launchers and configs, whichever checkout is installed

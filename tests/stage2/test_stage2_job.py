@@ -152,7 +152,7 @@ def test_generate_cli_matches_in_training_eval(synth, tmp_path):
     )
     assert (tmp_path / "p.jsonl").read_text() == (out / "eval/step_00000006_predictions.jsonl").read_text()
     with pytest.raises(SystemExit, match="no checkpoint in"):
-        generate(["--ckpt", str(tmp_path), "--shards", "x", "--out", "y"])
+        generate(["--ckpt", str(tmp_path), "--shards", str(synth / "shards/window-eval"), "--out", "y"])
 
 
 def test_ablation_runner_writes_all_eight_rows(synth, tmp_path):

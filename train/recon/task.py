@@ -34,13 +34,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from distinctad.common import resolve_path
+from distinctad.data.paths import PathProblem, check_dir, check_file, check_output_dir, check_run_paths, check_weights
 from distinctad.train.core import distributed as D
 from distinctad.train.core.config import ConfigError
 from distinctad.train.core.engine import build_ds_config
 from distinctad.train.core.task import Task
 from distinctad.train.core.tracking import Tracker
 from distinctad.train.models.clip_ad import TINY_MODEL, WeightsNotFoundError, create_clip, save_clip
-from distinctad.train.models.llm import TINY_LLMS, build_llm, load_tokenizer, save_llm, train_bpe_tokenizer
+from distinctad.train.models.llm import (
+    TINY_LLMS,
+    build_llm,
+    load_tokenizer,
+    resolve_local,
+    save_llm,
+    train_bpe_tokenizer,
+)
 from distinctad.train.recon.config import ReconJob
 from distinctad.train.recon.data import ReconData, load_data
 from distinctad.train.recon.evaluate import eval_loss, predict, score
@@ -55,6 +64,39 @@ from distinctad.train.recon.model import (
 from distinctad.train.recon.table import describe_models
 
 logger = logging.getLogger(__name__)
+
+
+def check_paths(cfg: ReconJob) -> None:
+    """Every path setting, before SynthMAD is built, an LM pre-trained or tracking started.
+
+    Annotation files are looked up as :func:`~distinctad.train.recon.data.load_data` reads them (a relative path
+    missing from the working directory is taken from the source checkout).
+
+    Raises:
+        ConfigError: ``KEY: PATH: problem``, one line.
+    """
+    d, m = cfg.data, cfg.model
+    try:
+        check_run_paths(cfg)
+        for key, value in (
+            ("data.train_annotations", d.train_annotations),
+            ("data.eval_annotations", d.eval_annotations),
+        ):
+            if value and not resolve_path(value).is_file():
+                check_file(key, value, "annotation file")  # names the path as given
+        if not d.train_annotations:
+            check_output_dir("data.synth_dir", d.synth_dir)
+        check_weights("model.clip_pretrained", m.clip_pretrained)
+        if m.clip_cache_dir:
+            check_dir("model.clip_cache_dir", m.clip_cache_dir, "cache folder")
+    except PathProblem as e:
+        raise ConfigError(str(e)) from None
+    for key, name in (("model.llm", m.llm), ("model.tokenizer", m.tokenizer)):
+        if name and name not in TINY_LLMS:
+            try:
+                resolve_local(name, key)
+            except FileNotFoundError as e:
+                raise ConfigError(str(e)) from None
 
 
 def resolve_models(cfg: ReconJob, train_texts: Sequence[str]) -> None:
@@ -201,6 +243,7 @@ class ReconTask(Task):
 def build_task(cfg: ReconJob) -> ReconTask:
     """The registry's task builder (:mod:`distinctad.train.jobs`): data and frozen parts resolved, the step budget
     set from ``epochs`` (collective)."""
+    check_paths(cfg)
     if build_ds_config(cfg.deepspeed, cfg.train)["zero_optimization"]["stage"] == 3:
         raise ConfigError("recon does not support ZeRO-3 (only the small projector trains; use zero_stage 0-2)")
     data = load_data(cfg)

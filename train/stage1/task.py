@@ -31,6 +31,8 @@ import torch
 from torch import nn
 
 from distinctad.common import atomic_write_json
+from distinctad.data.kinds import escape_movie
+from distinctad.data.paths import PathProblem, check_dir, check_output_dir, check_run_paths, check_shards, check_weights
 from distinctad.data.shardlist import expand_shards
 from distinctad.data.wds_pipeline import DataInfo, get_wds_loader
 from distinctad.train.core import distributed as D
@@ -56,6 +58,28 @@ logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Data
+
+
+def check_paths(cfg: Stage1Job) -> None:
+    """Every path setting, before SynthMAD is built, a model loaded or tracking started.
+
+    Raises:
+        ConfigError: ``KEY: PATH: problem``, one line.
+    """
+    d, m = cfg.data, cfg.model
+    try:
+        check_run_paths(cfg)
+        if d.train_shards:
+            check_shards("data.train_shards", d.train_shards)
+        else:
+            check_output_dir("data.synth_dir", d.synth_dir)
+        if d.eval_shards:
+            check_shards("data.eval_shards", d.eval_shards)
+        check_weights("model.pretrained", m.pretrained)
+        if m.cache_dir:
+            check_dir("model.cache_dir", m.cache_dir, "cache folder")
+    except PathProblem as e:
+        raise ConfigError(str(e)) from None
 
 
 def resolve_shards(data: Stage1DataArgs) -> tuple[str, str]:
@@ -239,7 +263,8 @@ class Stage1Task(Task):
     def _embed(self, info: DataInfo, models: dict[str, CLIPAD], device) -> dict[str, Any]:
         """Pooled video embeddings of every model and AD text embeddings over one eval set, gathered from all ranks.
 
-        Returns {"key": [N], "text": (N, E), <model name>: (N, E)} on the CPU, rows sorted by key.
+        Returns {"key": [N], "text": (N, E), <model name>: (N, E), "skipped": clips lost to corrupt data} on the
+        CPU, rows sorted by key.
         """
         keys: list[str] = []
         outs: dict[str, list[torch.Tensor]] = {name: [] for name in [*models, "text"]}
@@ -257,7 +282,9 @@ class Stage1Task(Task):
         gathered = D.all_gather_object(local)
         all_keys = [k for ks, _ in gathered for k in ks]
         order = sorted(range(len(all_keys)), key=all_keys.__getitem__)
-        result: dict[str, Any] = {"key": [all_keys[i] for i in order]}
+        # Clips sizes.json promises that no rank could read (corrupt ones, the cut-off rest of a truncated shard).
+        skipped = max(info.num_samples - len(all_keys), 0)
+        result: dict[str, Any] = {"key": [all_keys[i] for i in order], "skipped": skipped}
         for name in outs:
             parts = [t[name] for _, t in gathered if t[name] is not None]
             result[name] = torch.cat(parts)[order] if parts else torch.empty(0)
@@ -275,6 +302,17 @@ class Stage1Task(Task):
                 models = {"adapted": model, **({"vanilla": self.vanilla} if want_vanilla else {})}
                 emb = self._embed(info, models, engine.device)
                 n = len(emb["key"])
+                # Corrupt clips were skipped by the reader (as in training): counted, and the metrics marked partial.
+                metrics[f"{prefix}skipped_samples"] = float(emb["skipped"])
+                metrics[f"{prefix}partial"] = float(emb["skipped"] > 0)
+                if emb["skipped"]:
+                    logger.warning(
+                        "eval set %r: %d corrupt or unreadable clip(s) skipped; retrieval is over the %d readable "
+                        "ones (partial)",
+                        prefix or "eval",
+                        emb["skipped"],
+                        n,
+                    )
                 if n < 2:
                     logger.warning("eval set %r has %d clip(s): no retrieval metrics", prefix or "eval", n)
                     continue
@@ -295,13 +333,18 @@ class Stage1Task(Task):
     def _fig_b2(self, engine, tracker, step: int) -> dict[str, float]:
         """Rank 0 draws the figure; every rank returns its band means (so all summaries agree)."""
         stats: dict[str, float] = {}
-        if D.is_master():
+        if D.is_master() and self._figure is None:
             e = self.cfg.eval
-            if self._figure is None:
+            try:
                 movie, images, sentences, _ = read_movie_clips(
                     self.eval_spec, self.eval_tf, e.figure_movie, e.figure_clips
                 )
                 self._figure = {"movie": movie, "images": images, "sentences": sentences}
+            except ConfigError as err:  # e.g. the movie's clips are in a corrupt shard: no figure, the run goes on
+                logger.warning("Fig. B.2 skipped: %s", err)
+                self._figure = {}
+        if D.is_master() and self._figure:
+            e = self.cfg.eval
             fig = self._figure
             if "vanilla" in fig:  # the vanilla model and the text tower never change: embedded once
                 adapted = video_embeddings(engine.module, fig["images"])
@@ -310,7 +353,8 @@ class Stage1Task(Task):
                 fig["vanilla"], adapted, fig["text"] = figure_embeddings(
                     vanilla, engine.module, fig["images"], fig["sentences"]
                 )
-            png = self.run_dir / "fig_b2" / f"{fig['movie']}_step{step:08d}.png"
+            # The id escaped as in sample keys: a movie id may hold "/", dots, spaces or unicode.
+            png = self.run_dir / "fig_b2" / f"{escape_movie(fig['movie'])}_step{step:08d}.png"
             out = similarity_figure(
                 fig["vanilla"],
                 adapted,
@@ -367,9 +411,10 @@ class Stage1Task(Task):
 
 
 def build_task(cfg: Stage1Job) -> Stage1Task:
-    """The registry's task builder: checks what Stage-I cannot run under, then the task (collective)."""
+    """The registry's task builder: checks the paths and what Stage-I cannot run under, then the task (collective)."""
     from distinctad.train.core.engine import build_ds_config
 
+    check_paths(cfg)
     if cfg.train.micro_batch_size < 2 and D.get_world_size() < 2:
         raise ConfigError("train.micro_batch_size must be >= 2 on one rank: the contrastive loss needs negatives")
     if build_ds_config(cfg.deepspeed, cfg.train)["zero_optimization"]["stage"] == 3:

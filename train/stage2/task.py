@@ -17,9 +17,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from distinctad.data.paths import PathProblem, check_dir, check_output_dir, check_run_paths, check_shards
 from distinctad.data.synth_default import ensure_synthmad
 from distinctad.data.wds_pipeline import get_wds_loader
 from distinctad.train.core import distributed as D
+from distinctad.train.core.config import ConfigError
 from distinctad.train.core.task import Task, scalar_stats
 from distinctad.train.core.tracking import Tracker
 from distinctad.train.models.captioner import DistinctADCaptioner, prepare_batch
@@ -27,6 +29,36 @@ from distinctad.train.models.captioner_config import GenerationArgs
 from distinctad.train.stage2.config import Stage2Job
 
 logger = logging.getLogger(__name__)
+
+
+def check_paths(cfg: Stage2Job) -> None:
+    """Every path setting, before SynthMAD is built, a tokenizer trained or tracking started.
+
+    Raises:
+        ConfigError: ``KEY: PATH: problem``, one line (a missing or empty shard folder, a file where a folder is
+            expected, a pattern matching nothing, a model that is neither a folder nor in the local hub cache).
+    """
+    from distinctad.train.models.llm import TINY_LLMS, resolve_local
+
+    d = cfg.data
+    try:
+        check_run_paths(cfg)
+        if d.train_shards:
+            check_shards("data.train_shards", d.train_shards)
+        if d.eval_shards:
+            check_shards("data.eval_shards", d.eval_shards)
+        if not (d.train_shards and d.eval_shards):
+            check_output_dir("data.synth_dir", d.synth_dir)
+        if cfg.eval.enabled and cfg.eval.backend != "lexical" and cfg.eval.backend_model:
+            check_dir("eval.backend_model", cfg.eval.backend_model, "model folder")
+    except PathProblem as e:
+        raise ConfigError(str(e)) from None
+    for key, name in (("model.llm", cfg.model.llm), ("model.tokenizer", cfg.model.tokenizer)):
+        if name and name not in TINY_LLMS:
+            try:
+                resolve_local(name, key)
+            except FileNotFoundError as e:
+                raise ConfigError(str(e)) from None
 
 
 def resolve_data(cfg: Stage2Job) -> None:
@@ -115,8 +147,11 @@ class Stage2Task(Task):
         return out["loss"], scalar_stats(out)
 
     def evaluate(self, engine, tracker: Tracker, step: int) -> dict[str, float]:
+        """Generate for the eval split and score it; corrupt eval samples are skipped, counted and the report marked
+        partial (as training skips them), so a finished run is never lost to a bad eval shard."""
         if not self.cfg.eval.enabled:
             return {}
+        stats: dict[str, int] = {}
         preds = predict(
             engine.module,
             self.tokenizer,
@@ -124,10 +159,12 @@ class Stage2Task(Task):
             self.cfg.eval.generation,
             max_windows=self.cfg.eval.max_windows,
             zero3=engine.zero_optimization_stage() == 3,
+            stats=stats,
         )
         if not D.is_master():
             return {}
-        return score(preds, self.cfg, Path(self.cfg.run.out_dir) / "eval" / f"step_{step:08d}", tracker)
+        out_prefix = Path(self.cfg.run.out_dir) / "eval" / f"step_{step:08d}"
+        return score(preds, self.cfg, out_prefix, tracker, reader_skipped=stats.get("skipped_samples", 0))
 
 
 def sync_ema_mean(model: torch.nn.Module) -> None:
@@ -148,8 +185,13 @@ def predict(
     *,
     max_windows: int = 0,
     zero3: bool = False,
+    stats: dict[str, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """One generated AD per clip of ``shards``; collective: every rank generates its share, all get the union."""
+    """One generated AD per readable clip of ``shards``; collective: every rank generates its share, all get the union.
+
+    Corrupt samples and the unreadable rest of a truncated shard are skipped by the reader (logged); ``stats``, when
+    given, receives ``skipped_samples``: the windows ``sizes.json`` lists that no rank could read.
+    """
     data = get_wds_loader(shards, "window", gen.batch_size, is_train=False)
     mine: list[dict[str, Any]] = []
     device = next(model.parameters()).device
@@ -174,23 +216,64 @@ def predict(
             indices = sub["ad_index"][b][sub["clip_mask"][b].bool()].tolist()
             for ad_index, text in zip(indices, window_texts, strict=True):
                 mine.append({"movie": sub["movie"][b], "ad_index": int(ad_index), "text": text})
-    return [p for part in D.all_gather_object(mine) for p in part]
+    parts = D.all_gather_object((mine, windows))
+    if stats is not None:  # windows sizes.json promises that no rank could read (the reader logged why)
+        stats["skipped_samples"] = max(data.num_samples - sum(n for _, n in parts), 0)
+    return [p for part, _ in parts for p in part]
 
 
 def _to(prepared: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in prepared.items()}
 
 
-def score(preds: list[dict[str, Any]], cfg: Stage2Job, out_prefix: Path, tracker: Tracker | None) -> dict[str, float]:
-    """Score predictions with the eval harness; write predictions, report and a samples table (rank 0)."""
+def score(
+    preds: list[dict[str, Any]],
+    cfg: Stage2Job,
+    out_prefix: Path,
+    tracker: Tracker | None,
+    *,
+    reader_skipped: int = 0,
+) -> dict[str, float]:
+    """Score predictions with the eval harness; write predictions, report and a samples table (rank 0).
+
+    Lenient about the eval shards, as training is about its own: ground truth is read with
+    ``read_shard_references(..., skipped=...)``, and ADs of samples the reader could not read (``reader_skipped``
+    windows; their ADs have no prediction) are left out of the scores. Then the report is marked partial
+    (``meta.partial`` and a notice), the counts are logged as ``eval/skipped_samples`` and ``eval/unscored_ads``,
+    and the job goes on. When nothing at all can be scored, one warning says why and only the counts are returned.
+    """
     from distinctad.eval import evaluate, write_report
-    from distinctad.eval.inputs import read_shard_references
+    from distinctad.eval.inputs import EvalInputError, read_shard_references
     from distinctad.eval.outputs import write_predictions, write_samples_table
 
-    refs = read_shard_references(cfg.data.eval_shards)
+    problems: list[str] = []
+    try:
+        refs = read_shard_references(cfg.data.eval_shards, skipped=problems)
+    except EvalInputError as e:  # not one readable AD
+        problems.append(str(e))
+        refs = []
+    predicted = {(p["movie"], p["ad_index"]) for p in preds}
+    known = {(r.movie, r.ad_index) for r in refs}
     if cfg.eval.max_windows:
-        wanted = {(p["movie"], p["ad_index"]) for p in preds}
-        refs = [r for r in refs if (r.movie, r.ad_index) in wanted]
+        refs = [r for r in refs if (r.movie, r.ad_index) in predicted]
+    # predict() yields one AD per clip the reader could read: a ground-truth AD without one was in a skipped sample.
+    unscored = [r for r in refs if (r.movie, r.ad_index) not in predicted]
+    orphans = [p for p in preds if (p["movie"], p["ad_index"]) not in known]  # its json unreadable to the GT read
+    partial = bool(reader_skipped or problems or unscored or orphans)
+    counts = {"eval/skipped_samples": float(reader_skipped), "eval/unscored_ads": float(len(unscored) + len(orphans))}
+    if partial:
+        refs = [r for r in refs if (r.movie, r.ad_index) in predicted]
+        preds = [p for p in preds if (p["movie"], p["ad_index"]) in known]
+        first = problems[0] if problems else "see the reader's warnings above"
+        note = (
+            f"partial evaluation: {reader_skipped} eval window(s) could not be read (corrupt or truncated shards), "
+            f"{len(unscored) + len(orphans)} AD(s) not scored ({len(problems)} unreadable part(s) of the ground "
+            f"truth; first: {first})"
+        )
+        logger.warning("%s", note)
+    if not preds or not refs:
+        logger.warning("eval at %s: nothing left to score in %s; no report written", out_prefix, cfg.data.eval_shards)
+        return {**counts, "eval/partial": 1.0}
     empty = sum(not p["text"].strip() for p in preds)
     if empty:
         logger.warning("%d of %d generated ADs are empty; they score as empty hypotheses", empty, len(preds))
@@ -206,6 +289,13 @@ def score(preds: list[dict[str, Any]], cfg: Stage2Job, out_prefix: Path, tracker
         progress=False,
         allow_missing=bool(empty),
     )
+    if partial:
+        result["meta"]["partial"] = {
+            "skipped_samples": reader_skipped,
+            "unscored_ads": len(unscored) + len(orphans),
+            "unreadable": problems,
+        }
+        result["meta"].setdefault("notices", []).append(note)
     preds_path = write_predictions(f"{out_prefix}_predictions.jsonl", preds)
     json_path, md_path = write_report(result, f"{out_prefix}_report")
     first = sorted(preds, key=lambda p: (p["movie"], p["ad_index"]))[: cfg.eval.samples_to_log]
@@ -213,13 +303,16 @@ def score(preds: list[dict[str, Any]], cfg: Stage2Job, out_prefix: Path, tracker
     if tracker is not None:
         for path in (preds_path, json_path, md_path, samples_path):
             tracker.log_artifact(path, "eval")
-    return {f"eval/{k}": float(v) for k, v in result.items() if isinstance(v, (int, float))}
+    metrics = {f"eval/{k}": float(v) for k, v in result.items() if isinstance(v, (int, float))}
+    return {**metrics, **counts, "eval/partial": float(partial)}
 
 
 def build_task(cfg: Stage2Job) -> Stage2Task:
-    """The registry's task builder: SynthMAD default and tokenizer resolved (collective), then the task."""
+    """The registry's task builder: paths checked, SynthMAD default and tokenizer resolved (collective), then the
+    task."""
     from distinctad.train.models.llm import load_tokenizer
 
+    check_paths(cfg)
     resolve_data(cfg)
     resolve_tokenizer(cfg)
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.llm)

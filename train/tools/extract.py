@@ -43,6 +43,7 @@ import webdataset as wds
 from tqdm import tqdm
 
 from distinctad.common import atomic_path, atomic_write_json, init_logger
+from distinctad.data.paths import PathProblem, check_dir, check_output_dir, check_shards, check_weights
 from distinctad.data.shardlist import expand_shards
 from distinctad.data.shards import (
     BUILDER_VERSION,
@@ -466,6 +467,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``distinctad-extract`` (returns nothing: a console script's return value is its exit status)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:  # every path before any work: one line naming the flag and the path
+        check_shards("--frames", args.frames)
+        check_output_dir("--out", args.out)
+        check_weights("--pretrained", args.pretrained)
+        if args.cache_dir:
+            check_dir("--cache-dir", args.cache_dir, "cache folder")
+    except PathProblem as e:
+        raise SystemExit(f"error: {e}") from None
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         D.init_distributed()

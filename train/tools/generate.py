@@ -52,6 +52,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    from distinctad.data.paths import PathProblem, check_dir, check_output_file, check_shards
+
+    try:  # every path before any work: one line naming the flag and the path
+        check_dir("--ckpt", args.ckpt, "run or checkpoint folder")
+        check_shards("--shards", args.shards)
+        check_output_file("--out", args.out)
+    except PathProblem as e:
+        raise SystemExit(f"error: {e}") from None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from distinctad.common import init_logger
     from distinctad.eval.outputs import write_predictions
@@ -72,13 +80,6 @@ def main(argv: list[str] | None = None) -> None:
     tok_dir = cfg.model.tokenizer or cfg.model.llm
     if not Path(tok_dir).exists() and (root.parent / "tokenizer").is_dir():
         tok_dir = str(root.parent / "tokenizer")  # the run directory was moved
-    from distinctad.data.shardlist import expand_shards
-
-    try:
-        expand_shards(args.shards)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
-
     _, rank, _ = D.init_distributed()
     init_logger(rank=rank)
     tokenizer = load_tokenizer(tok_dir)
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     checkpoint.load(engine, root, tag, load_optimizer=False)
     gen = GenerationArgs(**{f.name: getattr(args, f.name) for f in dataclasses.fields(GenerationArgs)})
     engine.eval()
+    stats: dict[str, int] = {}
     preds = predict(
         engine.module,
         tokenizer,
@@ -94,10 +96,18 @@ def main(argv: list[str] | None = None) -> None:
         gen,
         max_windows=args.max_windows,
         zero3=engine.zero_optimization_stage() == 3,
+        stats=stats,
     )
     if D.is_master():
         write_predictions(args.out, preds)
         logger.info("wrote %d predictions from %s/%s to %s", len(preds), root, tag, args.out)
+        if stats.get("skipped_samples"):
+            logger.warning(
+                "%d corrupt sample(s) of %s were skipped: their ADs have no prediction (distinctad-eval reports them "
+                "as missing; --allow-missing scores the rest)",
+                stats["skipped_samples"],
+                args.shards,
+            )
     D.shutdown()
 
 

@@ -25,6 +25,7 @@ from distinctad.train.models.captioner_config import GenerationArgs
 from distinctad.train.tools.ablate import COLUMNS
 
 REPO = Path(__file__).resolve().parents[2]
+"""The installed checkout; its ``launch/`` is only the default of :func:`main`'s ``launch_dir``."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -81,8 +82,17 @@ def finished(run_dir: Path) -> bool:
     return f.is_file() and json.loads(f.read_text()).get("finished", False)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, launch_dir: str | os.PathLike | None = None) -> None:
+    """Run the quick start.
+
+    Args:
+        argv: the command line (default ``sys.argv[1:]``).
+        launch_dir: the ``launch/`` folder whose job launchers and configs the steps run. ``launch/quickstart.sh``
+            passes its own folder, so a clone runs its own files even when ``pip install -e`` points at another
+            checkout; default: the installed checkout's.
+    """
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    args.launch_dir = str(Path(launch_dir).resolve() if launch_dir else REPO / "launch")
     from distinctad.common import init_logger
     from distinctad.train.core.tracking import ParentRun, tracking_uri
 
@@ -116,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _pipeline(args, work: Path, track: list[str], env: dict[str, str], timer: StepTimer, parent) -> dict:
     synth, shards, runs, res = work / "synth", work / "shards", work / "runs", work / "results"
+    launch = Path(args.launch_dir)
     feats_ready = {}
 
     # 1. data
@@ -175,8 +186,8 @@ def _pipeline(args, work: Path, track: list[str], env: dict[str, str], timer: St
         "Stage-I (CLIP-AD)",
         [
             "bash",
-            str(REPO / "launch/stage1.sh"),
-            str(REPO / "launch/configs/stage1.yaml"),
+            str(launch / "stage1.sh"),
+            str(launch / "configs/stage1.yaml"),
             "--run.name",
             "stage1",
             "--run.out_dir",
@@ -235,8 +246,8 @@ def _pipeline(args, work: Path, track: list[str], env: dict[str, str], timer: St
                 f"Stage-II {name}",
                 [
                     "bash",
-                    str(REPO / "launch/stage2.sh"),
-                    str(REPO / "launch/configs/stage2.yaml"),
+                    str(launch / "stage2.sh"),
+                    str(launch / "configs/stage2.yaml"),
                     "--run.name",
                     f"stage2-{name}",
                     "--run.out_dir",
