@@ -1,20 +1,30 @@
-"""Captioning metrics through pycocoevalcap, used exactly as its README does.
+"""Captioning metrics with pycocoevalcap's scorers and jars, as its README uses them.
 
 Sentences go through the Stanford PTB tokenizer (Java: lower-cases, splits, drops punctuation), then
-``Bleu(4)``, ``Meteor()``, ``Rouge()``, ``Cider()`` and ``Spice()`` score them. Scores are ×100, as AD papers
+``Bleu(4)``, METEOR 1.5, ``Rouge()``, ``Cider()`` and SPICE score them. Scores are ×100, as AD papers
 report them. Each AD has one reference (its own ground truth), as in AutoAD / DistinctAD on MAD-Eval.
+
+The three Java programs (PTB tokenizer, METEOR, SPICE) run from pycocoevalcap's jars with pycocoevalcap's exact
+arguments and protocol, but through :mod:`distinctad.eval.java` instead of pycocoevalcap's Python wrappers: every
+Java call has a deadline and any failure ends in one line carrying Java's own message (pycocoevalcap's
+``Meteor`` can wait forever on its lock after the JVM died, and never reads stderr).
 
 Per-group (per-movie) scores: BLEU and METEOR are corpus-level statistics, so they are recomputed on each
 group's ADs; ROUGE-L, CIDEr and SPICE are means of per-AD scores, so a group's score is the mean over its ADs
 (CIDEr keeps the document frequencies of the whole set, so per-movie CIDEr averages back to the overall one).
+
+Scores that are undefined on the input are ``None`` with a notice, never a number that looks like a result:
+BLEU-n where the predictions hold no n-gram (pycocoevalcap's smoothing would print e.g. 3.16 for BLEU-4 of a
+perfect 3-word AD), CIDEr-D on a single AD (every idf is log(1/1) = 0), SPICE on ADs without scene-graph tuples.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
-import shutil
-import subprocess
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -23,9 +33,22 @@ import numpy as np
 from tqdm import tqdm
 
 from distinctad.eval.errors import EvalEnvironmentError
+from distinctad.eval.java import DEFAULT_TIMEOUT_S, JAVA_HINT, JavaSession, check_java, run_java
 from distinctad.eval.normalize import collapse_whitespace
 
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CAPTION_METRICS",
+    "JAVA_HINT",
+    "MAX_TOKENS",
+    "METRIC_NAMES",
+    "caption_metrics",
+    "check_java",
+    "ptb_tokenize",
+    "score_tokenized",
+    "spice_unavailable_reason",
+]
 
 CAPTION_METRICS = ("bleu", "meteor", "rouge", "cider", "spice")
 METRIC_NAMES = {
@@ -35,24 +58,10 @@ METRIC_NAMES = {
     "cider": ["CIDEr"],
     "spice": ["SPICE"],
 }
-JAVA_HINT = "install a Java runtime, e.g. `apt-get install default-jre-headless`"
-_working_java: set[str] = set()
-
-
-def check_java() -> None:
-    """Fail early, with the fix, when Java is missing: the PTB tokenizer, METEOR and SPICE all run on it."""
-    java = shutil.which("java")
-    if java is None:
-        raise EvalEnvironmentError(
-            f"Java is needed by the PTB tokenizer and METEOR (pycocoevalcap) but `java` is not on PATH; {JAVA_HINT}"
-        )
-    if java in _working_java:
-        return
-    try:
-        subprocess.run([java, "-version"], capture_output=True, check=True, timeout=60)
-    except (OSError, subprocess.SubprocessError) as e:
-        raise EvalEnvironmentError(f"`{java} -version` failed ({e}); {JAVA_HINT}") from None
-    _working_java.add(java)  # one JVM start per process is enough to know it runs
+# Tokens kept per sentence for scoring. The longest MAD-Eval AD has 36 words; METEOR (-Xmx2G) scores 2,000
+# tokens in well under a second but dies of OutOfMemoryError on 40,000.
+MAX_TOKENS = 1000
+NUM_EXAMPLES = 3
 
 
 def _package_dir(sub: str) -> str:
@@ -78,23 +87,156 @@ def spice_unavailable_reason() -> str | None:
     return None
 
 
-def ptb_tokenize(sentences: Sequence[str]) -> list[str]:
-    """PTB-tokenize sentences with pycocoevalcap's ``PTBTokenizer`` (one Java call for all of them).
+def _examples(labels: Sequence[str], idx: Sequence[int]) -> str:
+    shown = ", ".join(labels[i] for i in idx[:NUM_EXAMPLES])
+    return shown + (", ..." if len(idx) > NUM_EXAMPLES else "")
 
-    Empty sentences bypass the tokenizer (they stay empty): the tokenizer would drop their line.
+
+def _timeout(java_timeout: float | None, per_item: float, n: int) -> float:
+    """The user's ``java_timeout`` as given; by default ``DEFAULT_TIMEOUT_S`` plus ``per_item`` s per item."""
+    return float(java_timeout) if java_timeout is not None else DEFAULT_TIMEOUT_S + per_item * n
+
+
+def ptb_tokenize(sentences: Sequence[str], *, java_timeout: float | None = None) -> list[str]:
+    """PTB-tokenize sentences as pycocoevalcap's ``PTBTokenizer`` does (one Java call for all of them).
+
+    Same jar, arguments (``-preserveLines -lowerCase``) and punctuation filter; the input file goes to a temporary
+    directory (not into the installed package), the call has a deadline, and the output must have one line per
+    sentence (a misaligned output is an error, never a silent shift). Empty sentences bypass the tokenizer.
+
+    Args:
+        sentences: raw text; whitespace (newlines, Unicode line separators) is collapsed first.
+        java_timeout: seconds for the Java call (default: 300 s + 10 ms per sentence).
     """
-    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+    from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, STANFORD_CORENLP_3_4_1_JAR
 
-    tok_dir = _package_dir("tokenizer")
-    if not os.access(tok_dir, os.W_OK):
-        raise EvalEnvironmentError(
-            f"pycocoevalcap's PTBTokenizer writes a temporary file into {tok_dir}, "
-            "which is not writable; install pycocoevalcap where you can write"
-        )
     clean = [collapse_whitespace(s) for s in sentences]
-    todo = {i: [{"caption": s}] for i, s in enumerate(clean) if s}
-    out = PTBTokenizer().tokenize(todo) if todo else {}
-    return [out[i][0] if i in out else "" for i in range(len(clean))]
+    todo = [i for i, s in enumerate(clean) if s]
+    out = [""] * len(clean)
+    if not todo:
+        return out
+    with tempfile.TemporaryDirectory(prefix="distinctad-ptb-") as tmp:
+        path = os.path.join(tmp, "sentences.txt")
+        with open(path, "wb") as f:
+            f.write("".join(clean[i] + "\n" for i in todo).encode("utf-8"))  # each line ends: so does its output
+        raw = run_java(
+            "the PTB tokenizer",
+            ["-cp", STANFORD_CORENLP_3_4_1_JAR, "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines",
+             "-lowerCase", path],
+            cwd=_package_dir("tokenizer"),
+            timeout=_timeout(java_timeout, 0.01, len(todo)),
+        )  # fmt: skip
+    text = raw.decode("utf-8", errors="replace")
+    lines = text.removesuffix("\n").split("\n")
+    if len(lines) != len(todo) or not text.endswith("\n"):
+        raise EvalEnvironmentError(
+            f"the PTB tokenizer returned {text.count(chr(10))} lines for {len(todo)} sentences, so tokens cannot be "
+            "paired with their ADs; please report the input that does this"
+        )
+    for i, line in zip(todo, lines):
+        out[i] = " ".join(w for w in line.rstrip().split(" ") if w not in PUNCTUATIONS)
+    return out
+
+
+def _meteor_text(text: str) -> str:
+    # pycocoevalcap removes '|||' (METEOR's field separator) from the hypothesis; the same for the reference,
+    # and no newline may reach the line protocol
+    return " ".join(text.replace("|||", "").split())
+
+
+def _numbers(line: str) -> bool:
+    try:
+        return bool([float(x) for x in line.split()])
+    except ValueError:
+        return False
+
+
+def _meteor(
+    refs: Sequence[str],
+    hyps: Sequence[str],
+    members: dict[str, list[int]],
+    java_timeout: float | None,
+    progress: bool | None,
+) -> tuple[float, dict[str, float]]:
+    """Corpus METEOR over all ADs and over each group's ADs, from one METEOR 1.5 process.
+
+    The protocol of pycocoevalcap's ``Meteor``: ``SCORE ||| ref ||| hyp`` gives an AD's statistics line;
+    ``EVAL ||| stats ||| stats ...`` gives one segment score per AD, then the corpus score. Each group is one more
+    ``EVAL`` over its ADs' statistics (pycocoevalcap would re-send the same ``SCORE`` lines: same result).
+    """
+    from pycocoevalcap.meteor.meteor import METEOR_JAR
+
+    timeout = _timeout(java_timeout, 0.0, 0)
+    args = ["-jar", "-Xmx2G", METEOR_JAR, "-", "-", "-stdio", "-l", "en", "-norm"]
+    with JavaSession("METEOR", args, cwd=_package_dir("meteor"), timeout=timeout) as java:
+
+        def number(line: str) -> float:
+            try:
+                return float(line.strip())
+            except ValueError:
+                raise EvalEnvironmentError(f"METEOR answered {line[:80]!r} where a score was expected") from None
+
+        stats = []
+        for r, h in zip(refs, hyps):
+            java.send(f"SCORE ||| {_meteor_text(r)} ||| {_meteor_text(h)}")
+            line = java.readline().strip()
+            if not _numbers(line):
+                raise EvalEnvironmentError(f"METEOR answered {line[:80]!r} where statistics were expected")
+            stats.append(line)
+
+        def corpus(ids: Sequence[int]) -> float:
+            java.send("EVAL ||| " + " ||| ".join(stats[i] for i in ids))
+            for _ in ids:
+                number(java.readline())  # segment scores
+            return number(java.readline())
+
+        overall = corpus(range(len(stats)))
+        per_group = {
+            g: corpus(ids) for g, ids in tqdm(members.items(), desc="METEOR per movie", disable=_disable(progress))
+        }
+    return overall, per_group
+
+
+def _spice(refs: Sequence[str], hyps: Sequence[str], java_timeout: float | None) -> np.ndarray:
+    """SPICE F-score per AD (NaN where SPICE gives none), from pycocoevalcap's jar with its arguments."""
+    from pycocoevalcap.spice.spice import SPICE_JAR
+
+    spice_dir = _package_dir("spice")
+    with tempfile.TemporaryDirectory(prefix="distinctad-spice-") as tmp:
+        in_path, out_path = os.path.join(tmp, "input.json"), os.path.join(tmp, "output.json")
+        with open(in_path, "w", encoding="utf-8") as f:
+            json.dump([{"image_id": i, "test": h, "refs": [r]} for i, (r, h) in enumerate(zip(refs, hyps))], f)
+        args = ["-jar", "-Xmx8G", SPICE_JAR, in_path]
+        if os.access(spice_dir, os.W_OK):  # its parse cache, as pycocoevalcap keeps it; optional
+            args += ["-cache", os.path.join(spice_dir, "cache")]
+        args += ["-out", out_path, "-subset", "-silent"]
+        run_java("SPICE", args, cwd=spice_dir, timeout=_timeout(java_timeout, 1.0, len(refs)))
+        try:
+            with open(out_path, encoding="utf-8") as f:
+                results = {item["image_id"]: item["scores"]["All"]["f"] for item in json.load(f)}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise EvalEnvironmentError(f"SPICE's Java process wrote no readable result ({e})") from None
+
+    def f_score(x: object) -> float:
+        try:
+            return float(x)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return math.nan
+
+    return np.array([f_score(results.get(i)) for i in range(len(refs))], dtype=np.float64)
+
+
+def _ngram_counts(hyps: Sequence[str]) -> list[list[int]]:
+    """Number of n-grams (n = 1..4) in each hypothesis: BLEU-n's denominator summed over the corpus."""
+    return [[max(len(h.split()) - n + 1, 0) for n in range(1, 5)] for h in hyps]
+
+
+def _first_undefined_bleu(counts: list[list[int]], ids: Sequence[int]) -> int | None:
+    """The smallest n whose BLEU-n is undefined on the ADs ``ids`` (no n-gram in their predictions), or None."""
+    for n in range(4):
+        if sum(counts[i][n] for i in ids) == 0:
+            return n + 1
+    return None
 
 
 def score_tokenized(
@@ -103,7 +245,11 @@ def score_tokenized(
     metrics: Sequence[str] = ("bleu", "meteor", "rouge", "cider"),
     groups: Sequence[str] | None = None,
     progress: bool | None = None,
-) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, float], list[str]]:
+    *,
+    labels: Sequence[str] | None = None,
+    max_tokens: int | None = MAX_TOKENS,
+    java_timeout: float | None = None,
+) -> tuple[dict[str, float | None], dict[str, dict[str, float | None]], dict[str, float], list[str]]:
     """Score already tokenized text (one reference per hypothesis).
 
     Args:
@@ -112,14 +258,20 @@ def score_tokenized(
         metrics: names from :data:`CAPTION_METRICS`.
         groups: a group (movie) name per AD, for the per-group breakdown; ``None`` for no breakdown.
         progress: show a tqdm bar over groups (``None``: only on a terminal).
+        labels: a label per AD for notices (e.g. ``"'film' ad_index=3"``); default ``"#i"``.
+        max_tokens: sentences longer than this many tokens are cut to it (with a notice); ``None`` or 0: never.
+        java_timeout: seconds per METEOR request/answer and for the SPICE run (default: 300 s; SPICE + 1 s/AD).
 
     Returns:
-        ``(overall, per_group, timings_s, notices)``: overall scores ×100 keyed like ``"BLEU-4"``; the same per
-        group; seconds spent per metric; one-line notices (e.g. SPICE skipped).
+        ``(overall, per_group, timings_s, notices)``: overall scores ×100 keyed like ``"BLEU-4"`` (``None``
+        where undefined, see the module doc); the same per group; seconds spent per metric; one-line notices.
+
+    Raises:
+        EvalEnvironmentError: METEOR's Java process failed or ran past its deadline (one line, Java's message).
+            A SPICE failure is a notice instead (SPICE is optional).
     """
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.meteor.meteor import Meteor
     from pycocoevalcap.rouge.rouge import Rouge
 
     unknown = set(metrics) - set(CAPTION_METRICS)
@@ -127,6 +279,21 @@ def score_tokenized(
         raise ValueError(f"unknown caption metric(s) {sorted(unknown)}; choose from {CAPTION_METRICS}")
     if len(refs) != len(hyps):
         raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
+    labels = list(labels) if labels is not None else [f"#{i}" for i in range(len(refs))]
+    notices: list[str] = []
+    refs, hyps = list(refs), list(hyps)
+    if max_tokens:
+        for side, texts in (("prediction", hyps), ("ground-truth AD", refs)):
+            long = [i for i, t in enumerate(texts) if len(t.split()) > max_tokens]
+            if long:
+                longest = max(len(texts[i].split()) for i in long)
+                for i in long:
+                    texts[i] = " ".join(texts[i].split()[:max_tokens])
+                notices.append(
+                    f"{len(long)} {side}(s) longer than {max_tokens} tokens cut to their first {max_tokens} tokens "
+                    f"before scoring (longest: {longest} tokens), first: {_examples(labels, long)}; "
+                    "--max-tokens 0 scores them whole"
+                )
     gts = {i: [r] for i, r in enumerate(refs)}
     res = {i: [h] for i, h in enumerate(hyps)}
     members: dict[str, list[int]] = defaultdict(list)
@@ -136,65 +303,94 @@ def score_tokenized(
     def subset(d: dict, ids: list[int]) -> dict:
         return {i: d[i] for i in ids}
 
-    overall: dict[str, float] = {}
-    per_group: dict[str, dict[str, float]] = {g: {} for g in members}
+    overall: dict[str, float | None] = {}
+    per_group: dict[str, dict[str, float | None]] = {g: {} for g in members}
     timings: dict[str, float] = {}
-    notices: list[str] = []
     for metric in metrics:
         t0 = time.perf_counter()
         if metric == "bleu":
-            scorer = Bleu(4)
-            score, _ = scorer.compute_score(gts, res, verbose=0)
-            overall.update({n: 100 * s for n, s in zip(METRIC_NAMES["bleu"], score)})
+            counts = _ngram_counts(hyps)
+
+            def bleu(ids: list[int]) -> dict[str, float | None]:
+                score, _ = Bleu(4).compute_score(subset(gts, ids), subset(res, ids), verbose=0)
+                bad = _first_undefined_bleu(counts, ids) or 5
+                names = METRIC_NAMES["bleu"]
+                return {name: (100 * v if n < bad else None) for n, (name, v) in enumerate(zip(names, score), 1)}
+
+            overall.update(bleu(list(range(len(hyps)))))
+            bad = _first_undefined_bleu(counts, range(len(hyps)))
+            if bad is not None:
+                notices.append(
+                    f"{_bleu_range(bad)} undefined (reported as null): no prediction has {bad} or more tokens, so "
+                    f"there is no {bad}-gram to take a precision over"
+                )
+            undefined: dict[int, list[str]] = defaultdict(list)
             for g, ids in members.items():
-                gscore, _ = scorer.compute_score(subset(gts, ids), subset(res, ids), verbose=0)
-                per_group[g].update({n: 100 * s for n, s in zip(METRIC_NAMES["bleu"], gscore)})
+                per_group[g].update(bleu(ids))
+                n = _first_undefined_bleu(counts, ids)
+                if n is not None and (bad is None or n < bad):
+                    undefined[n].append(g)
+            if undefined:
+                parts = [f"{_bleu_range(n)} in {len(gs)}" for n, gs in sorted(undefined.items(), reverse=True)]
+                firsts = [g for _, gs in sorted(undefined.items()) for g in gs]
+                notices.append(
+                    f"BLEU per movie undefined (shown as –) where no prediction of the movie has n or more tokens: "
+                    f"{', '.join(parts)} of {len(members)} movies, first: "
+                    + ", ".join(repr(g) for g in firsts[:NUM_EXAMPLES])
+                    + (", ..." if len(firsts) > NUM_EXAMPLES else "")
+                )
         elif metric == "meteor":
-            scorer = Meteor()
-            try:
-                score, _ = scorer.compute_score(gts, res)
-                overall["METEOR"] = 100 * score
-                t1 = time.perf_counter()
-                # METEOR is a corpus statistic (not a mean of segment scores): score each group on its own
-                for g, ids in tqdm(members.items(), desc="METEOR per movie", disable=_disable(progress)):
-                    per_group[g]["METEOR"] = 100 * scorer.compute_score(subset(gts, ids), subset(res, ids))[0]
-                timings["meteor_per_group"] = time.perf_counter() - t1
-            except ValueError:  # an empty line where a score should be: the Java process died
-                proc = scorer.meteor_p
-                err = [] if proc.poll() is None else proc.stderr.read().decode(errors="replace").strip().splitlines()
-                if scorer.lock.locked():  # compute_score raised holding it; Meteor.__del__ would wait forever
-                    scorer.lock.release()
-                raise EvalEnvironmentError(
-                    f"METEOR's Java process failed ({err[-1] if err else 'no message'}); it needs ~2 GB of heap"
-                ) from None
-            finally:
-                del scorer  # its __del__ stops the Java process
-            timings["meteor"] = t1 - t0
-            continue
+            t_all, per = _meteor(refs, hyps, members, java_timeout, progress)
+            overall["METEOR"] = 100 * t_all
+            for g, v in per.items():
+                per_group[g]["METEOR"] = 100 * v
         elif metric in ("rouge", "cider", "spice"):
+            name = METRIC_NAMES[metric][0]
             if metric == "spice":
                 reason = spice_unavailable_reason()
                 if reason is not None:
                     notices.append(f"SPICE skipped: {reason}")
                     continue
-                from pycocoevalcap.spice.spice import Spice
-
                 try:
-                    score, item_scores = Spice().compute_score(gts, res)
-                except (OSError, subprocess.CalledProcessError) as e:
-                    notices.append(f"SPICE skipped: the SPICE jar failed ({e})")
+                    item_scores = _spice(refs, hyps, java_timeout)
+                except EvalEnvironmentError as e:
+                    notices.append(f"SPICE skipped: {e}")
                     continue
-                item_scores = [s["All"]["f"] for s in item_scores]
+                nan = np.flatnonzero(np.isnan(item_scores)).tolist()
+                if nan:
+                    notices.append(
+                        f"SPICE undefined for {len(nan)} of {len(refs)} ADs (no scene-graph tuple to compare), "
+                        f"left out of the SPICE means, first: {_examples(labels, nan)}"
+                    )
+                overall[name] = _nanmean100(item_scores)
+            elif metric == "cider" and len(refs) < 2:
+                overall[name] = None
+                notices.append(
+                    "CIDEr undefined (reported as null) on a single AD: its idf weights come from the ground truth "
+                    "itself, so every n-gram gets log(1/1) = 0 and any prediction would score 0"
+                )
+                for g in members:
+                    per_group[g][name] = None
+                timings[metric] = time.perf_counter() - t0
+                continue
             else:
                 scorer = Rouge() if metric == "rouge" else Cider()
                 score, item_scores = scorer.compute_score(gts, res)
-            name = METRIC_NAMES[metric][0]
-            item_scores = np.asarray(item_scores, dtype=np.float64)
-            overall[name] = 100 * float(score)
+                item_scores = np.asarray(item_scores, dtype=np.float64)
+                overall[name] = 100 * float(score)
             for g, ids in members.items():
-                per_group[g][name] = 100 * float(np.mean(item_scores[ids]))
+                per_group[g][name] = _nanmean100(item_scores[ids])
         timings[metric] = time.perf_counter() - t0
     return overall, per_group, timings, notices
+
+
+def _bleu_range(n: int) -> str:
+    return "BLEU-4" if n == 4 else f"BLEU-{n}..BLEU-4"
+
+
+def _nanmean100(x: np.ndarray) -> float | None:
+    x = x[~np.isnan(x)]
+    return 100 * float(np.mean(x)) if x.size else None
 
 
 def caption_metrics(
@@ -203,20 +399,42 @@ def caption_metrics(
     metrics: Sequence[str] = ("bleu", "meteor", "rouge", "cider"),
     groups: Sequence[str] | None = None,
     progress: bool | None = None,
-) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, float], list[str]]:
+    *,
+    labels: Sequence[str] | None = None,
+    max_tokens: int | None = MAX_TOKENS,
+    java_timeout: float | None = None,
+) -> tuple[dict[str, float | None], dict[str, dict[str, float | None]], dict[str, float], list[str]]:
     """PTB-tokenize raw references and predictions together, then :func:`score_tokenized`.
+
+    Adds a notice for each side with sentences that are not empty but have no token left after the tokenizer
+    (punctuation only, control or invisible characters): they are scored as empty text.
 
     Returns the same tuple as :func:`score_tokenized`; ``timings_s["tokenize"]`` is the Java tokenizer's time.
     """
     check_java()
+    labels = list(labels) if labels is not None else [f"#{i}" for i in range(len(refs))]
     t0 = time.perf_counter()
     logger.info("PTB-tokenizing %d sentences (Java)", len(refs) + len(hyps))
-    tokens = ptb_tokenize(list(refs) + list(hyps))
+    tokens = ptb_tokenize(list(refs) + list(hyps), java_timeout=java_timeout)
     t_tok = time.perf_counter() - t0
-    overall, per_group, timings, notices = score_tokenized(
-        tokens[: len(refs)], tokens[len(refs) :], metrics, groups, progress
+    tok_refs, tok_hyps = tokens[: len(refs)], tokens[len(refs) :]
+    notices = []
+    for side, raw, tok, how in (
+        ("prediction", hyps, tok_hyps, "empty hypotheses (not counted among matching's empty predictions)"),
+        ("ground-truth AD", refs, tok_refs, "empty references"),
+    ):
+        gone = [i for i, (r, t) in enumerate(zip(raw, tok)) if collapse_whitespace(r) and not t]
+        if gone:
+            notices.append(
+                f"{len(gone)} {side}(s) not empty but with no token left after the PTB tokenizer (punctuation, "
+                f"control or invisible characters only), scored as {how}, first: "
+                + ", ".join(f"{labels[i]} {collapse_whitespace(raw[i])[:40]!r}" for i in gone[:NUM_EXAMPLES])
+                + (", ..." if len(gone) > NUM_EXAMPLES else "")
+            )
+    overall, per_group, timings, more = score_tokenized(
+        tok_refs, tok_hyps, metrics, groups, progress, labels=labels, max_tokens=max_tokens, java_timeout=java_timeout
     )
-    return overall, per_group, {"tokenize": t_tok, **timings}, notices
+    return overall, per_group, {"tokenize": t_tok, **timings}, notices + more
 
 
 def _disable(progress: bool | None) -> bool | None:

@@ -15,10 +15,18 @@ import sys
 from distinctad.common import init_logger
 from distinctad.data import annotations
 from distinctad.data.paths import PathProblem, check_dir, check_file, check_output_file, check_shards
-from distinctad.eval.captions import CAPTION_METRICS
+from distinctad.eval.captions import CAPTION_METRICS, MAX_TOKENS
 from distinctad.eval.errors import EvalEnvironmentError, EvalInputError
 from distinctad.eval.harness import evaluate, log_to_mlflow, to_markdown, write_report
-from distinctad.eval.inputs import DEFAULT_TIME_TOLERANCE, read_predictions, read_references
+from distinctad.eval.inputs import (
+    AD_INDEX_DEFINITION,
+    DEFAULT_TIME_TOLERANCE,
+    GT_DUPLICATE_POLICIES,
+    MATCH_BY,
+    read_predictions,
+    read_references,
+)
+from distinctad.eval.java import DEFAULT_TIMEOUT_S
 from distinctad.eval.normalize import Normalizer
 from distinctad.eval.similarity import BACKENDS
 
@@ -40,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score predicted ADs (JSONL) against ground truth: BLEU, METEOR, ROUGE-L, CIDEr, SPICE and "
         "Recall@k/N, overall and per movie.",
     )
-    p.add_argument("--pred", required=True, help="Predictions JSONL: one {movie, ad_index | start+end, text} a line.")
+    p.add_argument(
+        "--pred",
+        required=True,
+        help=f"Predictions JSONL: one {{movie, ad_index | start+end, text}} a line. {AD_INDEX_DEFINITION}.",
+    )
     p.add_argument(
         "--gt",
         required=True,
@@ -75,6 +87,35 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_TIME_TOLERANCE,
         help="Seconds within which a prediction's start/end must match a GT AD (for predictions without ad_index).",
+    )
+    p.add_argument(
+        "--match-by",
+        choices=MATCH_BY,
+        default="ad_index",
+        help="Key for predictions that give both ad_index and start/end (default: ad_index). Either way, a "
+        "prediction whose two keys point to different GT ADs is counted and reported.",
+    )
+    p.add_argument(
+        "--gt-duplicates",
+        choices=GT_DUPLICATE_POLICIES,
+        default="match",
+        help="Exact duplicate GT rows (same movie, start, end, text): 'match' keeps each and matches them one-to-one "
+        "in order (default: the GT as published); 'drop' scores each duplicated AD once and ignores predictions for "
+        "the extra rows. Reported either way.",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=MAX_TOKENS,
+        help=f"Cut sentences longer than this many PTB tokens before the caption metrics, with a notice in the report "
+        f"(default {MAX_TOKENS}; METEOR's Java runs out of memory on tens of thousands); 0: never.",
+    )
+    p.add_argument(
+        "--java-timeout",
+        type=float,
+        default=None,
+        help=f"Seconds each Java call (PTB tokenizer, METEOR request, SPICE) may take before it is stopped with an "
+        f"error (default: {DEFAULT_TIMEOUT_S:g} s plus a per-sentence allowance).",
     )
     p.add_argument(
         "--gt-format",
@@ -120,6 +161,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--recall-stride must be >= 1")
     if args.time_tolerance < 0:
         p.error("--time-tolerance must be >= 0")
+    if args.max_tokens < 0:
+        p.error("--max-tokens must be >= 0")
+    if args.java_timeout is not None and args.java_timeout <= 0:
+        p.error("--java-timeout must be > 0")
     try:
         args.gt_columns = annotations.parse_columns(args.gt_columns, "--gt-columns")
     except ValueError as e:
@@ -178,6 +223,10 @@ def main(argv: list[str] | None = None) -> None:
             allow_missing=args.allow_missing,
             normalize=normalizer,
             time_tolerance=args.time_tolerance,
+            gt_duplicates=args.gt_duplicates,
+            match_by=args.match_by,
+            max_tokens=args.max_tokens,
+            java_timeout=args.java_timeout,
             progress=progress,
         )
     except (EvalInputError, EvalEnvironmentError, PathProblem, OSError) as e:

@@ -14,17 +14,20 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from distinctad.eval.captions import CAPTION_METRICS, METRIC_NAMES, caption_metrics, check_java
+from distinctad.eval.captions import CAPTION_METRICS, MAX_TOKENS, METRIC_NAMES, caption_metrics, check_java
 from distinctad.eval.errors import EvalInputError
 from distinctad.eval.inputs import (
     DEFAULT_TIME_TOLERANCE,
+    GT_DUPLICATE_POLICIES,
+    MATCH_BY,
+    NUM_EXAMPLES,
     Prediction,
     as_references,
     match,
     parse_prediction,
 )
-from distinctad.eval.normalize import Normalizer
-from distinctad.eval.recall import TIE_RULE, default_stride, recall_at_k
+from distinctad.eval.normalize import Normalizer, collapse_whitespace
+from distinctad.eval.recall import TIE_RULE, WINDOW_RULE, default_stride, recall_at_k
 from distinctad.eval.similarity import SimilarityBackend, build_backend
 
 logger = logging.getLogger(__name__)
@@ -51,12 +54,18 @@ def evaluate(
     allow_missing: bool = False,
     normalize: Normalizer | Callable[[str], str] | None = None,
     time_tolerance: float = DEFAULT_TIME_TOLERANCE,
+    gt_duplicates: str = "match",
+    match_by: str = "ad_index",
+    max_tokens: int | None = MAX_TOKENS,
+    java_timeout: float | None = None,
     progress: bool | None = None,
 ) -> dict:
     """Score predicted ADs against ground truth.
 
     Args:
         predictions: dicts ``{"movie", "ad_index" | "start"+"end", "text"}`` (or parsed :class:`Prediction` s).
+            ``ad_index`` is the AD's 0-based position in its movie after a stable sort of the movie's
+            ground-truth ADs by (start, end), not a row number.
         references: ``distinctad.data.annotations.AD`` records or dicts with ``movie``, ``sentence`` and
             ``ad_index`` (or ``start``/``end``).
         metrics: caption metrics among ``bleu``, ``meteor``, ``rouge``, ``cider``, ``spice`` (SPICE is skipped
@@ -72,13 +81,22 @@ def evaluate(
             (duplicates and unknowns are dropped, missing ADs left out, empty ones scored as empty text).
         normalize: applied to predictions and references before scoring (e.g. a :class:`Normalizer`).
         time_tolerance: seconds, for predictions keyed by start/end.
+        gt_duplicates: exact duplicate ground-truth rows (same movie, start, end, text): ``"match"`` keeps each and
+            matches them one-to-one in order; ``"drop"`` scores each group once. Reported either way.
+        match_by: ``"ad_index"`` or ``"time"``: the key used for predictions that carry both (a disagreement of
+            the two is reported either way).
+        max_tokens: sentences longer than this many PTB tokens are cut to it before the caption metrics (with a
+            notice); ``None`` or 0: never.
+        java_timeout: seconds for each Java call (PTB tokenizer, METEOR request, SPICE); ``None``: 300 s plus a
+            per-sentence allowance.
         progress: tqdm bars (``None``: only on a terminal).
 
     Returns:
         A flat dict: ``"BLEU-1"`` .. ``"BLEU-4"``, ``"METEOR"``, ``"ROUGE-L"``, ``"CIDEr"``, ``"SPICE"`` (when run),
-        ``"R@k/N"`` (mean over windows) and ``"R@k/N movie-mean"``, all ×100; ``"per_movie"``: movie -> the
-        same keys plus ``"ADs"`` and ``"windows"``; ``"meta"``: counts, matching summary, backend, notices and
-        timings.
+        ``"R@k/N"`` (mean over windows) and ``"R@k/N movie-mean"``, all ×100, ``None`` where undefined;
+        ``"per_movie"``: movie -> the same keys plus ``"ADs"`` and ``"windows"``; ``"meta"``: counts, matching
+        summary (GT duplicates included), backend, Recall@k/N window rule and counts, ``notices`` (one line per
+        input that makes a score degenerate, with counts) and timings.
 
     Raises:
         EvalInputError: bad input, or matching problems when ``allow_missing`` is False.
@@ -95,6 +113,10 @@ def evaluate(
     stride = default_stride(recall_n) if recall_stride is None else recall_stride
     if stride < 1:
         raise EvalInputError(f"recall stride must be >= 1, got {stride}")
+    if gt_duplicates not in GT_DUPLICATE_POLICIES:
+        raise EvalInputError(f"gt_duplicates must be one of {', '.join(GT_DUPLICATE_POLICIES)}, got {gt_duplicates!r}")
+    if match_by not in MATCH_BY:
+        raise EvalInputError(f"match_by must be one of {', '.join(MATCH_BY)}, got {match_by!r}")
     # Check Java and build the backend first, so a missing dependency fails in a second, not after METEOR.
     if metrics:
         check_java()
@@ -106,7 +128,7 @@ def evaluate(
         p if isinstance(p, Prediction) else parse_prediction(p, f"predictions[{i}]") for i, p in enumerate(predictions)
     ]
     refs = as_references(references)
-    matched = match(preds, refs, time_tolerance=time_tolerance)
+    matched = match(preds, refs, time_tolerance=time_tolerance, gt_duplicates=gt_duplicates, match_by=match_by)
     problems = matched.problems()
     if problems and not allow_missing:
         raise EvalInputError(
@@ -116,6 +138,10 @@ def evaluate(
         )
     for line in problems:
         logger.warning("allowed: %s", line)
+    notices: list[str] = matched.notices()
+    for line in notices:
+        logger.warning("%s", line)
+    num_warned = len(notices)
     if not matched.pairs:
         raise EvalInputError("no prediction matches a ground-truth AD")
 
@@ -123,15 +149,25 @@ def evaluate(
     hyps = [norm(p.prediction) for p in matched.pairs]
     gts = [norm(p.reference) for p in matched.pairs]
     movies = [p.movie for p in matched.pairs]
+    labels = [f"{p.movie!r} ad_index={p.ad_index}" for p in matched.pairs]
+    notices += _empty_text_notices(matched.pairs, hyps, gts, labels, normalize is not None)
     result: dict[str, Any] = {}
     per_movie: dict[str, dict[str, Any]] = defaultdict(dict)
     for m in movies:
         per_movie[m]["ADs"] = per_movie[m].get("ADs", 0) + 1
     timings: dict[str, float] = {}
-    notices: list[str] = []
 
     if metrics:
-        overall, groups, t, n = caption_metrics(gts, hyps, metrics, groups=movies, progress=progress)
+        overall, groups, t, n = caption_metrics(
+            gts,
+            hyps,
+            metrics,
+            groups=movies,
+            progress=progress,
+            labels=labels,
+            max_tokens=max_tokens,
+            java_timeout=java_timeout,
+        )
         result.update(overall)
         for m, scores in groups.items():
             per_movie[m].update(scores)
@@ -141,33 +177,39 @@ def evaluate(
     backend_name, recall_meta = None, None
     if ks:
         t0 = time.perf_counter()
-        by_movie: dict[str, tuple[list[str], list[str]]] = {}
-        for m, h, g in zip(movies, hyps, gts):
-            by_movie.setdefault(m, ([], []))
-            by_movie[m][0].append(h)
-            by_movie[m][1].append(g)
+        # Windows are cut on the ground truth: every GT AD of every movie, None where no prediction matched it.
+        text = {(p.movie, p.ad_index): (h, g) for p, h, g in zip(matched.pairs, hyps, gts)}
+        by_movie: dict[str, tuple[list[str | None], list[str]]] = {}
+        for r in matched.references:
+            h, g = text.get((r.movie, r.ad_index), (None, norm(r.sentence)))
+            by_movie.setdefault(r.movie, ([], []))
+            by_movie[r.movie][0].append(h)
+            by_movie[r.movie][1].append(g)
         rec = recall_at_k(by_movie, sim_backend, ks=ks, window=recall_n, stride=stride, progress=progress)
         backend_name = sim_backend.name
         for k in ks:
             name = recall_name(k, recall_n)
             result[name] = _pct(rec.mean_over_windows[k])
             result[f"{name} movie-mean"] = _pct(rec.mean_over_movies[k])
-            for m, entry in rec.per_movie.items():
-                per_movie[m][name] = _pct(entry[k])
-        for m, entry in rec.per_movie.items():
-            per_movie[m]["windows"] = entry["windows"]
-        if rec.num_windows == 0:
-            notices.append(f"R@k/{recall_n}: no movie has {recall_n} matched ADs, so there is no window to score")
+            for m in per_movie:
+                per_movie[m][name] = _pct(rec.per_movie[m][k])
+        for m in per_movie:
+            per_movie[m]["windows"] = rec.per_movie[m]["windows"]
+        notices += _recall_notices(rec, ks, recall_n, len(by_movie))
         timings["recall"] = time.perf_counter() - t0
         recall_meta = {
             "N": recall_n,
             "stride": stride,
             "ks": list(ks),
             "windows": rec.num_windows,
+            "windows_skipped": rec.num_skipped,
+            "window_rule": WINDOW_RULE,
+            "movies_without_window": len(rec.short_movies),
+            "tied_text_windows": rec.tied_text_windows,
             "tie_rule": TIE_RULE,
         }
     timings["total"] = time.perf_counter() - t_start
-    for line in notices:
+    for line in notices[num_warned:]:
         logger.info("%s", line)
 
     result["per_movie"] = {m: per_movie[m] for m in sorted(per_movie)}
@@ -181,10 +223,76 @@ def evaluate(
         "normalization": normalize.describe()
         if isinstance(normalize, Normalizer)
         else (None if normalize is None else repr(normalize)),
+        "max_tokens": max_tokens or None,
         "notices": notices,
         "timings_s": timings,
     }
     return result
+
+
+def _examples(items: Sequence[str]) -> str:
+    return ", ".join(items[:NUM_EXAMPLES]) + (", ..." if len(items) > NUM_EXAMPLES else "")
+
+
+def _empty_text_notices(
+    pairs: Sequence[Any], hyps: Sequence[str], gts: Sequence[str], labels: Sequence[str], normalized: bool
+) -> list[str]:
+    """Ground-truth ADs with empty text, and texts that only the normalisation emptied."""
+    out = []
+    empty_gt = [i for i, p in enumerate(pairs) if not collapse_whitespace(p.reference)]
+    if empty_gt:
+        out.append(
+            f"{len(empty_gt)} ground-truth AD(s) have empty text; their predictions are scored against an empty "
+            f"reference, first: {_examples([labels[i] for i in empty_gt])}"
+        )
+    if normalized:
+        for side, raw, normed in (
+            ("prediction", [p.prediction for p in pairs], hyps),
+            ("ground-truth AD", [p.reference for p in pairs], gts),
+        ):
+            gone = [i for i, (r, n) in enumerate(zip(raw, normed)) if collapse_whitespace(r) and not n.strip()]
+            if gone:
+                out.append(
+                    f"{len(gone)} {side}(s) not empty but empty after the normalisation (--replace-names, "
+                    f"--lowercase, --strip-punct), scored as empty text, first: "
+                    + _examples([f"{labels[i]} {collapse_whitespace(raw[i])[:40]!r}" for i in gone])
+                )
+    return out
+
+
+def _recall_notices(rec: Any, ks: Sequence[int], n: int, num_movies: int) -> list[str]:
+    """The inputs that make Recall@k/N degenerate or partial, with counts."""
+    out = []
+    names = ", ".join(recall_name(k, n) for k in ks)
+    if rec.num_windows == 0:
+        out.append(
+            f"{names} undefined (reported as null): no movie has a complete window of N={n} ground-truth ADs "
+            f"with predictions ({len(rec.short_movies)} of {num_movies} movies have fewer than {n} ADs, "
+            f"{rec.num_skipped} windows hold an AD without prediction)"
+        )
+    elif rec.short_movies:
+        out.append(
+            f"R@k/{n}: {len(rec.short_movies)} of {num_movies} movies have fewer than N={n} ground-truth ADs and "
+            f"contribute no window (their R@k/{n} is –), first: {_examples([repr(m) for m in rec.short_movies])}"
+        )
+    if rec.num_skipped:
+        out.append(
+            f"R@k/{n}: {rec.num_skipped} of {rec.num_windows + rec.num_skipped} ground-truth windows skipped because "
+            f"they hold an AD without prediction (--allow-missing); scores are over the {rec.num_windows} complete "
+            "windows"
+        )
+    trivial = [k for k in ks if k >= n]
+    if trivial:
+        out.append(
+            f"{', '.join(recall_name(k, n) for k in trivial)} is 100 by construction (k = N: every ground truth of "
+            "the window is in the top k)"
+        )
+    if rec.tied_text_windows:
+        out.append(
+            f"R@k/{n}: {rec.tied_text_windows} of {rec.num_windows} windows hold two ground-truth ADs with the same "
+            "text; ties count against, so even a perfect prediction of either misses at k=1"
+        )
+    return out
 
 
 def _pct(x: float | None) -> float | None:
@@ -211,10 +319,11 @@ def to_markdown(result: dict, title: str = "DistinctAD evaluation") -> str:
     lines.append(f"{meta.get('num_ads', '?')} ADs over {meta.get('num_movies', '?')} movies. Scores ×100.")
     if meta.get("recall"):
         r = meta["recall"]
+        skipped = r.get("windows_skipped", 0)
         lines.append(
-            f"R@k/N: windows of N={r['N']} consecutive ADs, stride {r['stride']}, {r['windows']} windows; "
-            f"similarity backend: {meta.get('backend')}; {r['tie_rule']}. "
-            "`movie-mean` is the unweighted mean over movies."
+            f"R@k/N: {r.get('window_rule', 'windows of N consecutive ADs')}; N={r['N']}, stride {r['stride']}, "
+            f"{r['windows']} windows scored, {skipped} skipped; similarity backend: {meta.get('backend')}; "
+            f"{r['tie_rule']}. `movie-mean` is the unweighted mean over movies."
         )
     lines += ["", "| Metric | Score |", "|---|---:|"]
     lines += [f"| {c} | {_fmt(result[c])} |" for c in cols]

@@ -5,6 +5,12 @@ ground-truth AD by key (``movie`` + ``ad_index``, or ``movie`` + ``start``/``end
 every way that can go wrong (a GT AD without prediction, two predictions for one AD, a prediction for an AD or
 movie the GT does not have, an empty prediction) is counted and reported with its first examples. A silent
 mismatch would shift scores without anyone noticing, so problems fail the run unless the caller allows them.
+
+``ad_index`` is the AD's 0-based position in its movie after a stable sort of the movie's ground-truth ADs by
+(start, end), ties in file order, as ``distinctad.data.annotations`` numbers them; not the row number in a file.
+A prediction that gives both ``ad_index`` and ``start``/``end`` pointing to different ADs is reported. Exact
+duplicate ground-truth rows (same movie, start, end, text) are reported as a property of the ground truth and
+matched one-to-one in order, or dropped (:func:`match`'s ``gt_duplicates``).
 """
 
 from __future__ import annotations
@@ -66,9 +72,43 @@ class Pair:
     prediction: str
 
 
+GT_DUPLICATE_POLICIES = ("match", "drop")
+MATCH_BY = ("ad_index", "time")
+AD_INDEX_DEFINITION = (
+    "ad_index is the AD's 0-based position in its movie after a stable sort of the movie's ground-truth ADs by "
+    "(start, end), ties in file order; not its row number in the file"
+)
+
+
+def _pred_example(p: Prediction) -> str:
+    key = f"ad_index={p.ad_index}" if p.ad_index is not None else f"start={p.start} end={p.end}"
+    return f"{p.where} {p.movie!r} {key}".strip()
+
+
+def _first(items: Sequence[Any], fmt: Any) -> str:
+    more = ", ..." if len(items) > NUM_EXAMPLES else ""
+    return "; ".join(fmt(x) for x in items[:NUM_EXAMPLES]) + more
+
+
 @dataclass
 class MatchResult:
-    """Matched pairs (sorted by movie, ad_index) and every problem found while matching."""
+    """Matched pairs (sorted by movie, ad_index), every problem found while matching, and what was noticed.
+
+    Attributes:
+        pairs: one per GT AD that has a prediction.
+        missing, duplicate, unknown_movie, unknown_ad, empty: the problems (they fail a strict run).
+        references: the ground truth that was matched against (after ``gt_duplicates="drop"``), in order.
+        gt_duplicates: groups of exact duplicate GT rows (same movie, start, end and text), each in ad_index
+            order; a property of the ground truth, reported whatever the policy.
+        gt_duplicates_policy: ``"match"`` (each row kept, matched one-to-one in order) or ``"drop"`` (each group
+            scored once, as its first row).
+        ignored_for_dropped: predictions for a dropped duplicate GT row (``"drop"``), ignored.
+        key_conflicts: (prediction, GT AD its ad_index names or None, GT AD its start/end match or None) for
+            predictions that carry both keys when they point to different GT ADs.
+        match_by: which key paired those predictions.
+        shared_time: predictions keyed by start/end that landed on a time shared by GT ADs with different texts
+            (paired in order, which may be the wrong way round).
+    """
 
     pairs: list[Pair]
     missing: list[Reference] = field(default_factory=list)
@@ -78,31 +118,92 @@ class MatchResult:
     empty: list[Prediction] = field(default_factory=list)
     num_predictions: int = 0
     num_references: int = 0
+    references: list[Reference] = field(default_factory=list)
+    gt_duplicates: list[list[Reference]] = field(default_factory=list)
+    gt_duplicates_policy: str = "match"
+    ignored_for_dropped: list[Prediction] = field(default_factory=list)
+    key_conflicts: list[tuple[Prediction, Reference | None, Reference | None]] = field(default_factory=list)
+    match_by: str = "ad_index"
+    shared_time: list[Prediction] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not (self.missing or self.duplicate or self.unknown_movie or self.unknown_ad or self.empty)
 
+    @property
+    def gt_duplicate_rows(self) -> int:
+        """GT rows beyond the first of each duplicate group."""
+        return sum(len(g) - 1 for g in self.gt_duplicates)
+
     def problems(self) -> list[str]:
         """One short phrase per kind of problem, with its count and first examples."""
-
-        def pred_ex(p: Prediction) -> str:
-            key = f"ad_index={p.ad_index}" if p.ad_index is not None else f"start={p.start} end={p.end}"
-            return f"{p.where} {p.movie!r} {key}"
-
         out = []
         kinds: list[tuple[str, list, Any]] = [
             ("missing (GT ADs without prediction)", self.missing, lambda r: f"{r.movie!r} ad_index={r.ad_index}"),
-            ("duplicate (a second prediction for one GT AD)", self.duplicate, pred_ex),
-            ("unknown movie", self.unknown_movie, pred_ex),
-            ("unknown AD (no GT AD with that index/time)", self.unknown_ad, pred_ex),
-            ("empty prediction text", self.empty, pred_ex),
+            ("duplicate (a second prediction for one GT AD)", self.duplicate, _pred_example),
+            ("unknown movie", self.unknown_movie, _pred_example),
+            ("unknown AD (no GT AD with that index/time)", self.unknown_ad, _pred_example),
+            ("empty prediction text", self.empty, _pred_example),
         ]
         for name, items, fmt in kinds:
             if items:
-                examples = "; ".join(fmt(x) for x in items[:NUM_EXAMPLES])
-                more = ", ..." if len(items) > NUM_EXAMPLES else ""
-                out.append(f"{len(items)} {name}, first: {examples}{more}")
+                line = f"{len(items)} {name}, first: {_first(items, fmt)}"
+                if items is self.missing and self.gt_duplicates_policy == "match":
+                    twins = {(r.movie, r.ad_index) for g in self.gt_duplicates for r in g}
+                    n = sum((r.movie, r.ad_index) in twins for r in self.missing)
+                    if n:
+                        line += (
+                            f" ({n} of them exact duplicate GT rows; --gt-duplicates drop scores each duplicated "
+                            "AD once)"
+                        )
+                out.append(line)
+        return out
+
+    def notices(self) -> list[str]:
+        """One line per noteworthy property of the matching that is not a problem of the predictions."""
+        out = []
+        if self.gt_duplicates:
+            g = self.gt_duplicates[0]
+            first = (
+                f"{g[0].movie!r} start={g[0].start} end={g[0].end} {g[0].sentence[:40]!r} "
+                f"(ad_index {', '.join(str(r.ad_index) for r in g)})"
+            )
+            line = (
+                f"ground truth: {self.gt_duplicate_rows} exact duplicate row(s) (same movie, start, end and text) in "
+                f"{len(self.gt_duplicates)} group(s), first: {first}; "
+            )
+            if self.gt_duplicates_policy == "drop":
+                line += (
+                    f"dropped, each group scored once (--gt-duplicates drop); {len(self.ignored_for_dropped)} "
+                    "prediction(s) for the dropped rows ignored"
+                )
+            else:
+                line += "each row kept and matched one-to-one in order (--gt-duplicates match)"
+            out.append(line)
+        if self.key_conflicts:
+
+            def conflict(c: tuple[Prediction, Reference | None, Reference | None]) -> str:
+                p, by_index, by_time = c
+                idx = "no such AD" if by_index is None else f"GT {by_index.start}-{by_index.end}"
+                tm = "no GT AD" if by_time is None else f"ad_index {by_time.ad_index}"
+                return (
+                    f"{p.where} {p.movie!r} ad_index={p.ad_index} ({idx}) but start={p.start} end={p.end} ({tm})"
+                ).strip()
+
+            other = "time" if self.match_by == "ad_index" else "ad_index"
+            used = "ad_index" if self.match_by == "ad_index" else "start/end"
+            out.append(
+                f"{len(self.key_conflicts)} prediction(s) carry both ad_index and start/end pointing to different "
+                f"ground-truth ADs; {used} was used (--match-by {self.match_by}), first: "
+                f"{_first(self.key_conflicts, conflict)}. {AD_INDEX_DEFINITION}; --match-by {other} pairs by "
+                f"{'start/end' if other == 'time' else 'ad_index'} instead"
+            )
+        if self.shared_time:
+            out.append(
+                f"{len(self.shared_time)} prediction(s) keyed by start/end matched a time shared by ground-truth ADs "
+                f"with different texts, paired in file order, first: {_first(self.shared_time, _pred_example)}; "
+                "give ad_index to pair them exactly"
+            )
         return out
 
     def summary(self) -> dict:
@@ -116,6 +217,23 @@ class MatchResult:
             "unknown_movie": len(self.unknown_movie),
             "unknown_ad": len(self.unknown_ad),
             "empty": len(self.empty),
+            "match_by": self.match_by,
+            "key_conflicts": len(self.key_conflicts),
+            "shared_time": len(self.shared_time),
+            "gt_duplicates": {
+                "rows": self.gt_duplicate_rows,
+                "groups": len(self.gt_duplicates),
+                "first": None
+                if not self.gt_duplicates
+                else {
+                    "movie": self.gt_duplicates[0][0].movie,
+                    "ad_index": [r.ad_index for r in self.gt_duplicates[0]],
+                    "start": self.gt_duplicates[0][0].start,
+                    "end": self.gt_duplicates[0][0].end,
+                },
+                "policy": self.gt_duplicates_policy,
+                "ignored_predictions": len(self.ignored_for_dropped),
+            },
             "problems": self.problems(),
         }
 
@@ -397,49 +515,132 @@ def read_references(
 # matching
 
 
+def find_gt_duplicates(references: Iterable[Reference]) -> list[list[Reference]]:
+    """Groups of exact duplicate GT rows: same movie, start, end and text under different ad_index.
+
+    Real AD annotations hold such rows (one public set has five in one movie). Rows without start/end are never
+    grouped. Each group is in ad_index order; groups are in (movie, first ad_index) order.
+    """
+    groups: dict[tuple, list[Reference]] = defaultdict(list)
+    for r in references:
+        if r.start is not None and r.end is not None:
+            groups[(r.movie, r.start, r.end, r.sentence)].append(r)
+    found = [sorted(g, key=lambda r: r.ad_index) for g in groups.values() if len(g) > 1]
+    return sorted(found, key=lambda g: (g[0].movie, g[0].ad_index))
+
+
 def match(
     predictions: Sequence[Prediction],
     references: Sequence[Reference],
     *,
     time_tolerance: float = DEFAULT_TIME_TOLERANCE,
+    gt_duplicates: str = "match",
+    match_by: str = "ad_index",
 ) -> MatchResult:
     """Pair each GT AD with its prediction.
 
-    A prediction with ``ad_index`` is matched by (movie, ad_index); one with only ``start``/``end`` goes to the
-    GT AD of its movie whose start and end both lie within ``time_tolerance`` seconds, the closest by
-    |Δstart| + |Δend|. The first prediction for a GT AD wins; later ones are duplicates. Empty predictions are
-    reported and still paired (they score as an empty hypothesis when the caller allows problems).
+    A prediction with ``ad_index`` is matched by (movie, ad_index) (:data:`AD_INDEX_DEFINITION`); one with only
+    ``start``/``end`` goes to the GT AD of its movie whose start and end both lie within ``time_tolerance``
+    seconds, the closest by |Δstart| + |Δend|. When several GT ADs share that exact time, predictions take them
+    one-to-one in file order. A prediction that carries both keys is paired by ``match_by`` and, when the two keys
+    point to different GT ADs, listed in ``key_conflicts``. The first prediction for a GT AD wins; later ones are
+    duplicates. Empty predictions are reported and still paired (they score as an empty hypothesis when the caller
+    allows problems).
+
+    Args:
+        predictions: parsed predictions.
+        references: the ground truth.
+        time_tolerance: seconds, for start/end keys.
+        gt_duplicates: exact duplicate GT rows (:func:`find_gt_duplicates`) are ``"match"``: each kept and matched
+            one-to-one in order (the default: the GT scored as published); or ``"drop"``: each group scored once,
+            as its first row, and predictions for the other rows (by their ad_index, or a second one at that time)
+            ignored.
+        match_by: ``"ad_index"`` (default) or ``"time"``: the key used for predictions that carry both.
     """
+    if gt_duplicates not in GT_DUPLICATE_POLICIES:
+        raise ValueError(f"gt_duplicates must be one of {GT_DUPLICATE_POLICIES}, got {gt_duplicates!r}")
+    if match_by not in MATCH_BY:
+        raise ValueError(f"match_by must be one of {MATCH_BY}, got {match_by!r}")
+    references = sorted(references, key=lambda r: (r.movie, r.ad_index))
+    dup_groups = find_gt_duplicates(references)
+    alias: dict[tuple[str, int], tuple[str, int]] = {}  # a dropped twin's key -> its group's first key
+    spare: dict[tuple[str, int], int] = {}  # a kept key -> how many twins were dropped
+    if gt_duplicates == "drop":
+        for g in dup_groups:
+            kept = (g[0].movie, g[0].ad_index)
+            spare[kept] = len(g) - 1
+            alias.update({(r.movie, r.ad_index): kept for r in g[1:]})
+        references = [r for r in references if (r.movie, r.ad_index) not in alias]
     by_key = {(r.movie, r.ad_index): r for r in references}
     by_movie: dict[str, list[Reference]] = defaultdict(list)
     for r in references:
         by_movie[r.movie].append(r)
     times: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    result = MatchResult(pairs=[], num_predictions=len(predictions), num_references=len(references))
+    result = MatchResult(
+        pairs=[],
+        num_predictions=len(predictions),
+        num_references=len(references),
+        references=references,
+        gt_duplicates=dup_groups,
+        gt_duplicates_policy=gt_duplicates,
+        match_by=match_by,
+    )
     chosen: dict[tuple[str, int], Prediction] = {}
+    absorbed: dict[tuple[str, int], int] = defaultdict(int)
+
+    def by_time(p: Prediction) -> tuple[Reference | None, bool]:
+        """The GT AD for p's start/end (the first free one among ADs at that exact time), and whether the ADs
+        at that time have different texts."""
+        if p.movie not in times:
+            ads = by_movie[p.movie]
+            times[p.movie] = (
+                np.array([np.nan if r.start is None else r.start for r in ads]),
+                np.array([np.nan if r.end is None else r.end for r in ads]),
+            )
+        starts, ends = times[p.movie]
+        ds, de = np.abs(starts - p.start), np.abs(ends - p.end)
+        ok = (ds <= time_tolerance) & (de <= time_tolerance)  # NaN (no GT time) compares False
+        if not ok.any():
+            return None, False
+        best = int(np.argmin(np.where(ok, ds + de, np.inf)))
+        ads = by_movie[p.movie]
+        slot = [ads[j] for j in np.flatnonzero((starts == starts[best]) & (ends == ends[best]))]
+        free = [r for r in slot if (r.movie, r.ad_index) not in chosen]
+        return (free[0] if free else ads[best]), len({r.sentence for r in slot}) > 1
+
     for p in predictions:
         if p.movie not in by_movie:
             result.unknown_movie.append(p)
             continue
+        has_time = p.start is not None and p.end is not None
+        ref_index = None
         if p.ad_index is not None:
-            ref = by_key.get((p.movie, p.ad_index))
+            ref_index = by_key.get(alias.get((p.movie, p.ad_index), (p.movie, p.ad_index)))
+        ref_time, ambiguous = by_time(p) if has_time else (None, False)
+        if p.ad_index is not None and has_time:
+            if ref_index is not None and ref_index.start is not None and ref_index.end is not None:
+                ds, de = abs(ref_index.start - p.start), abs(ref_index.end - p.end)
+                conflict = ds > time_tolerance or de > time_tolerance
+            else:  # an unknown ad_index whose times name an AD; a GT AD without times cannot be checked
+                conflict = ref_index is None and ref_time is not None
+            if conflict:
+                result.key_conflicts.append((p, ref_index, ref_time))
+        if p.ad_index is None or (match_by == "time" and has_time):
+            ref = ref_time
+            if ambiguous and ref is not None:
+                result.shared_time.append(p)
         else:
-            if p.movie not in times:
-                ads = by_movie[p.movie]
-                times[p.movie] = (
-                    np.array([np.nan if r.start is None else r.start for r in ads]),
-                    np.array([np.nan if r.end is None else r.end for r in ads]),
-                )
-            starts, ends = times[p.movie]
-            ds, de = np.abs(starts - p.start), np.abs(ends - p.end)
-            ok = (ds <= time_tolerance) & (de <= time_tolerance)  # NaN (no GT time) compares False
-            ref = by_movie[p.movie][int(np.argmin(np.where(ok, ds + de, np.inf)))] if ok.any() else None
+            ref = ref_index
         if ref is None:
             result.unknown_ad.append(p)
             continue
         key = (ref.movie, ref.ad_index)
         if key in chosen:
-            result.duplicate.append(p)
+            if absorbed[key] < spare.get(key, 0):
+                absorbed[key] += 1
+                result.ignored_for_dropped.append(p)
+            else:
+                result.duplicate.append(p)
             continue
         chosen[key] = p
         if not p.text.strip():

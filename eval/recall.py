@@ -1,7 +1,9 @@
 """Recall@k/N (AutoAD-II): can a prediction be told apart from its neighbours' ground truth?
 
-For each movie, windows of N consecutive ADs start every ``stride`` ADs (default N/2); only full windows count
-and windows never cross movies, so a movie with fewer than N ADs contributes none. In a window, prediction i is
+For each movie, windows of N consecutive ground-truth ADs start every ``stride`` ADs (default N/2); only full
+windows count and windows never cross movies, so a movie with fewer than N ADs contributes none. Windows are cut
+on the ground truth, whatever was predicted: a window that holds an AD without prediction (allowed missing
+predictions) is skipped and counted, never closed up over the gap. In a window, prediction i is
 scored against all N ground truths; it is a hit when its own GT i ranks in the top k. A window scores its hit
 rate; the report gives the mean over all windows and the unweighted mean over movies (each movie = the mean of
 its windows).
@@ -22,6 +24,9 @@ from tqdm import tqdm
 from distinctad.eval.similarity import SimilarityBackend
 
 TIE_RULE = "ties count against: rank = 1 + #(others more similar) + #(others equally similar)"
+WINDOW_RULE = (
+    "windows of N consecutive ground-truth ADs; a window holding an AD without prediction is skipped, not closed up"
+)
 
 
 def window_starts(num_items: int, window: int, stride: int | None = None) -> list[int]:
@@ -67,8 +72,12 @@ class RecallResult:
         stride: window stride.
         mean_over_windows: k -> mean hit rate over all windows of all movies.
         mean_over_movies: k -> unweighted mean over movies that have at least one window.
-        per_movie: movie -> {"windows": count, k: mean hit rate or None}.
-        num_windows: windows over all movies.
+        per_movie: movie -> {"windows": scored, "windows_skipped": skipped, k: mean hit rate or None}.
+        num_windows: windows scored over all movies.
+        num_skipped: windows skipped because they hold an AD without prediction.
+        short_movies: movies with fewer than N ground-truth ADs (no window at all).
+        tied_text_windows: scored windows in which two ground truths have the same text (their ADs tie, so even a
+            perfect prediction misses at small k).
     """
 
     ks: tuple[int, ...]
@@ -78,10 +87,13 @@ class RecallResult:
     mean_over_movies: dict[int, float | None] = field(default_factory=dict)
     per_movie: dict[str, dict] = field(default_factory=dict)
     num_windows: int = 0
+    num_skipped: int = 0
+    short_movies: list[str] = field(default_factory=list)
+    tied_text_windows: int = 0
 
 
 def recall_at_k(
-    movies: Mapping[str, tuple[Sequence[str], Sequence[str]]],
+    movies: Mapping[str, tuple[Sequence[str | None], Sequence[str]]],
     backend: SimilarityBackend,
     ks: int | Sequence[int] = (5,),
     window: int = 16,
@@ -91,7 +103,8 @@ def recall_at_k(
     """Recall@k/N over movies.
 
     Args:
-        movies: movie -> (predictions, ground truths), aligned and in AD order.
+        movies: movie -> (predictions, ground truths), aligned and in AD order: all of the movie's ground truth,
+            with ``None`` as the prediction of an AD that has none (windows holding one are skipped).
         backend: similarity backend (its ``similarity`` is called once per window).
         ks: one k or several (all computed from the same similarity matrices).
         window: N, ADs per window.
@@ -106,28 +119,36 @@ def recall_at_k(
         raise ValueError(f"k must be >= 1, got {ks}")
     stride = default_stride(window) if stride is None else stride
     plan = []
+    result = RecallResult(ks=ks, window=window, stride=stride)
     for movie, (preds, refs) in movies.items():
         if len(preds) != len(refs):
             raise ValueError(f"movie {movie!r}: {len(preds)} predictions but {len(refs)} ground truths")
-        plan.append((movie, preds, refs, window_starts(len(refs), window, stride)))
-    backend.prepare([t for _, p, r, starts in plan if starts for t in (*p, *r)])
+        starts = window_starts(len(refs), window, stride)
+        if not starts:
+            result.short_movies.append(movie)
+        complete = [s for s in starts if all(p is not None for p in preds[s : s + window])]
+        plan.append((movie, preds, refs, complete, len(starts) - len(complete)))
+    needed = (t for _, p, r, starts, _ in plan for s in starts for t in (*p[s : s + window], *r[s : s + window]))
+    backend.prepare(list(dict.fromkeys(needed)))
 
-    result = RecallResult(ks=ks, window=window, stride=stride)
     hits_all: dict[int, list[float]] = {k: [] for k in ks}
-    total = sum(len(s) for *_, s in plan)
+    total = sum(len(s) for _, _, _, s, _ in plan)
     with tqdm(total=total, desc=f"R@k/{window} windows", disable=None if progress is None else not progress) as bar:
-        for movie, preds, refs, starts in plan:
+        for movie, preds, refs, starts, skipped in plan:
             movie_hits: dict[int, list[float]] = {k: [] for k in ks}
             for s in starts:
-                ranks = paired_ranks(backend.similarity(preds[s : s + window], refs[s : s + window]))
+                gts = refs[s : s + window]
+                result.tied_text_windows += len(set(gts)) < len(gts)
+                ranks = paired_ranks(backend.similarity(preds[s : s + window], gts))
                 for k in ks:
                     movie_hits[k].append(float(np.mean(ranks <= k)))
                 bar.update(1)
-            entry: dict = {"windows": len(starts)}
+            entry: dict = {"windows": len(starts), "windows_skipped": skipped}
             for k in ks:
                 entry[k] = float(np.mean(movie_hits[k])) if starts else None
                 hits_all[k].extend(movie_hits[k])
             result.per_movie[movie] = entry
+            result.num_skipped += skipped
     result.num_windows = total
     for k in ks:
         result.mean_over_windows[k] = float(np.mean(hits_all[k])) if total else None

@@ -74,9 +74,14 @@ def test_recall_on_hand_made_matrices():
     # A (6 ADs, N=4, stride 2): windows at 0 and 2; B (3 ADs) none; C one window
     assert sorted(backend.calls) == [("A", 0, 4), ("A", 2, 4), ("C", 0, 4)]
     assert res.num_windows == 3
-    assert res.per_movie["A"] == {"windows": 2, 1: pytest.approx((3 / 4 + 1 / 4) / 2), 2: pytest.approx(7 / 8)}
-    assert res.per_movie["B"] == {"windows": 0, 1: None, 2: None}
-    assert res.per_movie["C"] == {"windows": 1, 1: pytest.approx(3 / 4), 2: pytest.approx(1.0)}
+    assert res.per_movie["A"] == {
+        "windows": 2,
+        "windows_skipped": 0,
+        1: pytest.approx((3 / 4 + 1 / 4) / 2),
+        2: pytest.approx(7 / 8),
+    }
+    assert res.per_movie["B"] == {"windows": 0, "windows_skipped": 0, 1: None, 2: None}
+    assert res.per_movie["C"] == {"windows": 1, "windows_skipped": 0, 1: pytest.approx(3 / 4), 2: pytest.approx(1.0)}
     assert res.mean_over_windows[1] == pytest.approx((3 / 4 + 1 / 4 + 3 / 4) / 3)
     assert res.mean_over_windows[2] == pytest.approx((1 + 3 / 4 + 1) / 3)
     # unweighted over the movies that have a window (A and C)
@@ -91,6 +96,27 @@ def test_recall_stride_option_and_no_window():
     assert [c[1] for c in backend.calls] == [0, 1, 2] and res.mean_over_windows[1] == 1.0
     res = recall_at_k({"A": items("A", 6)}, MatrixBackend(mats), ks=1, window=8)
     assert res.num_windows == 0 and res.mean_over_windows[1] is None and res.mean_over_movies[1] is None
+
+
+def test_windows_holding_a_missing_prediction_are_skipped():
+    # A: 6 ADs, N=4, stride 2 -> GT windows at 0 and 2. Prediction 1 missing: window 0 skipped, never closed up
+    # into [0, 2, 3, 4] as a cut over matched ADs only would do.
+    a = np.eye(6)
+    a[4, 2] = 1.0  # a tie with its own GT in window 2 -> rank 2
+    preds, refs = items("A", 6)
+    preds[1] = None
+    backend = MatrixBackend({"A": a, "B": np.eye(4)})
+    b_preds, b_refs = items("B", 4)
+    b_preds[3] = None  # B's only window is incomplete
+    res = recall_at_k({"A": (preds, refs), "B": (b_preds, b_refs)}, backend, ks=(1,), window=4)
+    assert backend.calls == [("A", 2, 4)]
+    assert (res.num_windows, res.num_skipped) == (1, 2)
+    assert res.per_movie["A"] == {"windows": 1, "windows_skipped": 1, 1: pytest.approx(3 / 4)}
+    assert res.per_movie["B"] == {"windows": 0, "windows_skipped": 1, 1: None}
+    assert res.mean_over_windows[1] == pytest.approx(3 / 4) and res.mean_over_movies[1] == pytest.approx(3 / 4)
+    # N=2, stride 1: [0,2) and [1,3) are complete, [2,4) holds the missing prediction
+    res = recall_at_k({"B": (b_preds, b_refs)}, MatrixBackend({"B": np.eye(4)}), ks=1, window=2, stride=1)
+    assert (res.num_windows, res.num_skipped, res.mean_over_windows[1]) == (2, 1, pytest.approx(1.0))
 
 
 def test_lexical_backend_values():
