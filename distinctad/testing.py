@@ -6,11 +6,14 @@ for several ranks (gloo CPU processes without GPUs). Tests import them from here
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
 import subprocess
 import sys
+import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 from distinctad.common import REPO_ROOT
@@ -77,3 +80,20 @@ def metrics_rows(run_dir: Path) -> list[dict]:
 def latest(run_dir: Path) -> str:
     """The checkpoint tag ``<run dir>/checkpoints/latest`` points at."""
     return (run_dir / "checkpoints/latest").read_text().strip()
+
+
+def rewrite_tar(shard: Path, edit: Callable[[str, bytes], bytes]) -> None:
+    """Rewrite a tar with ``edit(member name, bytes) -> bytes`` applied to every member (to corrupt one kind)."""
+    with tarfile.open(shard) as tf:
+        members = [(m, tf.extractfile(m).read()) for m in tf.getmembers()]
+    with tarfile.open(shard, "w") as tf:
+        for m, data in members:
+            data = edit(m.name, data)
+            m.size = len(data)
+            tf.addfile(m, io.BytesIO(data))
+
+
+def truncate(path: Path, fraction: float) -> None:
+    """Cut a file to ``fraction`` of its size, as an interrupted copy would."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])

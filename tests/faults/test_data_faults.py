@@ -7,7 +7,6 @@ are each other's context and distinctive-word negatives) and counts it with the 
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import shutil
@@ -20,20 +19,9 @@ from distinctad.data.cli import main as shards_cli
 from distinctad.data.synth_default import ensure_synthmad
 from distinctad.data.synthmad import write_synthmad
 from distinctad.data.wds_pipeline import get_wds_loader
-from distinctad.testing import REPO, metrics_rows, run_cmd
+from distinctad.testing import REPO, metrics_rows, rewrite_tar, run_cmd
 
 pytestmark = pytest.mark.slow
-
-
-def _rewrite(shard: Path, edit) -> None:
-    """Rewrite a tar with ``edit(name, bytes) -> bytes`` applied to every member."""
-    with tarfile.open(shard) as tf:
-        members = [(m, tf.extractfile(m).read()) for m in tf.getmembers()]
-    with tarfile.open(shard, "w") as tf:
-        for m, data in members:
-            data = edit(m.name, data)
-            m.size = len(data)
-            tf.addfile(m, io.BytesIO(data))
 
 
 def _first_key(shard: Path) -> str:
@@ -62,8 +50,8 @@ def bad_windows(tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
         meta["sentence"][1] = "  "
         return json.dumps(meta).encode()
 
-    _rewrite(tars[0], corrupt_npy)
-    _rewrite(tars[1], empty_ad)
+    rewrite_tar(tars[0], corrupt_npy)
+    rewrite_tar(tars[1], empty_ad)
     truncated = tars[2].read_bytes()
     tars[2].write_bytes(truncated[: len(truncated) // 2])
     keys["truncated_shard"] = tars[2].name
@@ -159,8 +147,8 @@ def test_frames_reader_skips_corrupt_jpeg_and_empty_ad(tmp_path):
             return json.dumps({**json.loads(data), "sentence": ""}).encode()
         return b"" if name == f"{empty_key}.txt" else data
 
-    _rewrite(tars[0], corrupt_jpeg)
-    _rewrite(tars[1], empty_ad)
+    rewrite_tar(tars[0], corrupt_jpeg)
+    rewrite_tar(tars[1], empty_ad)
     d = get_wds_loader(str(out), "frames", 2, is_train=True, seed=0)
     d.set_epoch(0)
     seen = [k for b in d.dataloader for k in b["key"]]

@@ -11,10 +11,8 @@ step (a bad file is a one-line error then), so it has no shard to meet mid-run.
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -22,32 +20,17 @@ import pytest
 from distinctad.common import REPO_ROOT
 from distinctad.data.synth_default import ensure_synthmad
 from distinctad.eval.inputs import EvalInputError, read_shard_references
+from distinctad.testing import rewrite_tar, truncate
 
 # ---------------------------------------------------------------- corruptions of one shard
 
 
-def cut(shard: Path, fraction: float) -> None:
-    data = shard.read_bytes()
-    shard.write_bytes(data[: int(len(data) * fraction)])
-
-
-def rewrite(shard: Path, edit) -> None:
-    """Rewrite a tar with ``edit(name, bytes) -> bytes`` applied to every member."""
-    with tarfile.open(shard) as tf:
-        members = [(m, tf.extractfile(m).read()) for m in tf.getmembers()]
-    with tarfile.open(shard, "w") as tf:
-        for m, data in members:
-            data = edit(m.name, data)
-            m.size = len(data)
-            tf.addfile(m, io.BytesIO(data))
-
-
 def garbage_json(shard: Path) -> None:
-    rewrite(shard, lambda name, data: b"{not json" if name.endswith(".json") else data)
+    rewrite_tar(shard, lambda name, data: b"{not json" if name.endswith(".json") else data)
 
 
 def garbage_npy(shard: Path) -> None:
-    rewrite(shard, lambda name, data: b"\x93NUMPY garbage" if name.endswith(".feats.npy") else data)
+    rewrite_tar(shard, lambda name, data: b"\x93NUMPY garbage" if name.endswith(".feats.npy") else data)
 
 
 def not_a_tar(shard: Path) -> None:
@@ -76,9 +59,9 @@ def corrupted(synth: dict[str, str], tmp: Path, faults: dict[int, object]) -> Pa
 @pytest.mark.parametrize(
     "fault,kept",
     [
-        (lambda p: cut(p, 0.7), 16),  # the issue's shard: the second window is cut off
-        (lambda p: cut(p, 0.3), 0),  # nothing of the first shard is readable
-        (lambda p: cut(p, 0.55), 16),
+        (lambda p: truncate(p, 0.7), 16),  # the issue's shard: the second window is cut off
+        (lambda p: truncate(p, 0.3), 0),  # nothing of the first shard is readable
+        (lambda p: truncate(p, 0.55), 16),
         (garbage_json, 0),
         (not_a_tar, 0),
     ],
@@ -130,10 +113,10 @@ STAGE2 = [
     "case,faults,scored,unscored",
     [
         # the issue's case, eval_shards naming the one truncated shard, tracked in MLflow
-        ("one-shard-cut70", {0: lambda p: cut(p, 0.7)}, 16, 0),
+        ("one-shard-cut70", {0: lambda p: truncate(p, 0.7)}, 16, 0),
         # a truncated shard (its 2nd window lost to both readers) and a corrupt feats.npy (json readable: unscored)
-        ("cut70+bad-npy", {0: lambda p: cut(p, 0.7), 1: garbage_npy}, 16, 16),
-        ("all-unreadable", {0: lambda p: cut(p, 0.3), 1: not_a_tar}, 0, 0),
+        ("cut70+bad-npy", {0: lambda p: truncate(p, 0.7), 1: garbage_npy}, 16, 16),
+        ("all-unreadable", {0: lambda p: truncate(p, 0.3), 1: not_a_tar}, 0, 0),
     ],
 )
 def test_stage2_final_eval_skips_corrupt_eval_samples(
@@ -193,7 +176,7 @@ def test_stage1_eval_skips_corrupt_eval_clips(frames, tmp_path, launcher_env, on
     shutil.copytree(frames["frames-eval"], eval_dir)
     tars = sorted(eval_dir.glob("*.tar"))
     for i in broken:
-        cut(tars[i], fraction)
+        truncate(tars[i], fraction)
     out = tmp_path / "run"
     run_job(
         [
