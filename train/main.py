@@ -94,6 +94,10 @@ def run_job(argv: list[str] | None = None) -> dict:
     _, rank, _ = init_distributed()
     init_logger(rank=rank)
     try:
+        if cfg.run.resume_config == "checkpoint":
+            from distinctad.train.core.resume import checkpoint_config
+
+            cfg = checkpoint_config(spec.config, cfg, overrides)
         result = spec.run(cfg)
     except ConfigError as e:
         raise SystemExit(f"error: {e}") from None

@@ -5,7 +5,10 @@ Layout of ``<run dir>/checkpoints``::
     step_00000050/            DeepSpeed files of every rank + config.yaml (the resolved job config)
     step_00000100/
     latest                    name of the newest *complete* checkpoint, replaced atomically
+    step_00000100/universal/  that checkpoint in DeepSpeed's universal format, made when a relaunch changes the
+                              ranks, ZeRO stage or precision (see :mod:`distinctad.train.core.resume`)
 
+The client state holds the loop's position (step, epoch, data position), every rank's RNG and the run's topology.
 ``latest`` moves only after every rank has written its part, so a crash or a full disk mid-save leaves the
 previous checkpoint as the one a relaunch resumes from. Old checkpoints are pruned only after that.
 
@@ -21,12 +24,14 @@ a full disk would.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import random
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +45,7 @@ from distinctad.train.core.config import save_config
 
 logger = logging.getLogger(__name__)
 LATEST = "latest"
+UNIVERSAL = "universal"  # <tag>/universal: the checkpoint converted to DeepSpeed's universal format
 TAG_RE = re.compile(r"step_\d{8}")
 
 
@@ -104,17 +110,49 @@ class SafeTorchCheckpointEngine(TorchCheckpointEngine):
             self.error = e
 
     def load(self, path: str, map_location=None):
-        try:
-            with torch.serialization.safe_globals(deepspeed_safe_globals()):
-                return torch.load(path, map_location=map_location, weights_only=True)
-        except FileNotFoundError:
-            raise CheckpointError(f"checkpoint file missing: {path}") from None
-        except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError (bad zip), EOFError...
-            raise CheckpointError(
-                f"refusing to load {path}: not a plain weights file ({_first_line(e)}); "
-                "checkpoints load with torch.load(weights_only=True) and never run pickled "
-                "code"
-            ) from None
+        return safe_load(path, map_location=map_location)
+
+
+_torch_load = torch.load  # the real one: weights_only_loads() swaps torch.load for a wrapper around it
+
+
+def safe_load(path: str | Path, map_location=None, mmap: bool = False) -> Any:
+    """``torch.load(weights_only=True)`` with the DeepSpeed allowlist; ``mmap`` reads tensors lazily (a cheap look
+    at a large file's metadata).
+
+    Raises:
+        CheckpointError: the file is missing, or holds anything but plain data (one line naming it).
+    """
+    try:
+        with torch.serialization.safe_globals(deepspeed_safe_globals()):
+            return _torch_load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint file missing: {path}") from None
+    except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError (bad zip), EOFError...
+        raise CheckpointError(
+            f"refusing to load {path}: not a plain weights file ({_first_line(e)}); "
+            "checkpoints load with torch.load(weights_only=True) and never run pickled "
+            "code"
+        ) from None
+
+
+@contextlib.contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Make every ``torch.load`` inside the block a :func:`safe_load`.
+
+    DeepSpeed's checkpoint tools (``ds_to_universal``, ``zero_to_fp32``, the universal-checkpoint loaders) call
+    ``torch.load(weights_only=False)`` themselves; inside this block they read plain data only, like every other
+    load of DistinctAD.
+    """
+
+    def load(f, map_location=None, *args, mmap: bool = False, **kwargs):
+        return safe_load(f, map_location=map_location, mmap=bool(mmap))
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = _torch_load
 
 
 def use_safe_engine(engine) -> SafeTorchCheckpointEngine:
@@ -270,21 +308,36 @@ def find_resume(resume: str, ckpt_dir: str | Path) -> tuple[Path, str] | None:
         raise CheckpointError(f"run.resume: {e}") from None
 
 
-def load(engine, root: Path, tag: str, load_optimizer: bool = True) -> dict[str, Any]:
+def load(engine, root: Path, tag: str, load_optimizer: bool = True, universal: bool = False) -> dict[str, Any]:
     """Collective: restore weights, optimizer, scheduler and this rank's RNG; returns the client state.
 
-    Every file is read with ``torch.load(weights_only=True)`` (:class:`SafeTorchCheckpointEngine`).
+    Every file is read with ``torch.load(weights_only=True)`` (:class:`SafeTorchCheckpointEngine`,
+    :func:`weights_only_loads`). ``universal``: read ``<root>/<tag>/universal``, the checkpoint in DeepSpeed's
+    universal format (:func:`distinctad.train.core.resume.to_universal`), into an engine built with
+    ``checkpoint.load_universal``; DeepSpeed re-partitions the optimizer state for this engine's ranks.
+    The RNG streams are restored only when the checkpoint was written by as many ranks as there are now.
+
+    Raises:
+        CheckpointError: one line naming the checkpoint and what DeepSpeed reported.
     """
     use_safe_engine(engine)
-    load_path, client_state = engine.load_checkpoint(
-        str(root), tag=tag, load_optimizer_states=load_optimizer, load_lr_scheduler_states=load_optimizer
-    )
+    load_dir, load_tag = (root / tag, UNIVERSAL) if universal else (root, tag)
+    try:
+        with weights_only_loads():
+            load_path, client_state = engine.load_checkpoint(
+                str(load_dir),
+                tag=load_tag,
+                load_optimizer_states=load_optimizer,
+                load_lr_scheduler_states=load_optimizer,
+            )
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - DeepSpeed raises AssertionError, KeyError, ZeRORuntimeException...
+        raise CheckpointError(f"could not load checkpoint {root / tag}: {type(e).__name__}: {_first_line(e)}") from None
     if load_path is None:
         raise CheckpointError(f"could not load checkpoint {root / tag}")
     rng = client_state.pop("rng", None)
     if rng is not None and len(rng) == D.get_world_size():
         set_rng_state(rng[D.get_rank()])
-    elif rng is not None:
-        logger.warning("checkpoint was written by %d ranks, now %d: RNG streams restart", len(rng), D.get_world_size())
     logger.info("resumed from %s (step %s)", root / tag, client_state.get("step"))
     return client_state

@@ -93,26 +93,79 @@ def reshape_0d_parameters(model: torch.nn.Module) -> list[str]:
     return names
 
 
-def build_engine(model: torch.nn.Module, train: TrainArgs, ds: DeepSpeedArgs):
-    """``deepspeed.initialize`` with our optimizer and schedule; returns (engine, ds_config)."""
+def lr_lambda(train: TrainArgs):
+    """The LR multiplier of ``train``'s schedule as a function of the optimizer step."""
+    return lambda s: warmup_cosine(s, train.warmup_steps, train.max_steps, train.min_lr_ratio)
+
+
+def build_engine(model: torch.nn.Module, train: TrainArgs, ds: DeepSpeedArgs, *, load_universal: bool = False):
+    """``deepspeed.initialize`` with our optimizer and schedule; returns (engine, ds_config).
+
+    ``load_universal``: the engine will load a checkpoint in DeepSpeed's universal format (written on another
+    number of ranks or ZeRO stage; see :mod:`distinctad.train.core.resume`).
+    """
     import deepspeed
 
     ds_cfg = build_ds_config(ds, train)
+    if load_universal:
+        ds_cfg["checkpoint"] = {**ds_cfg.get("checkpoint", {}), "load_universal": True}
     reshape_0d_parameters(model)
-    groups = [g for g in param_groups(model, train.weight_decay) if g["params"]]
+    all_groups = param_groups(model, train.weight_decay)  # [decay, no_decay]
+    groups = [g for g in all_groups if g["params"]]
     if not groups:
         raise ConfigError("the model has no trainable parameters")
     optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=tuple(train.betas))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, train.warmup_steps, train.max_steps, train.min_lr_ratio)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
+    # Which group decays: a checkpoint load overwrites the groups' settings (ZeRO-3's universal loader copies the
+    # first group's into all), so apply_optimizer_settings puts them back from the config by position.
+    engine.distinctad_group_decays = [g is all_groups[0] for g in groups]
     logger.info(
         "DeepSpeed engine: ZeRO-%d, %s, micro batch %d x accumulation %d x world %d",
         ds_cfg["zero_optimization"]["stage"],
-        "bf16" if ds_cfg["bf16"]["enabled"] else "fp16" if ds_cfg["fp16"]["enabled"] else "fp32",
+        precision_of(ds_cfg),
         train.micro_batch_size,
         train.grad_accum,
         engine.world_size,
     )
     return engine, ds_cfg
+
+
+def precision_of(ds_cfg: dict[str, Any]) -> str:
+    """'bf16', 'fp16' or 'fp32': what a ds_config (ours, or the one DeepSpeed saved in a checkpoint) trains in."""
+    if ds_cfg.get("bf16", {}).get("enabled"):
+        return "bf16"
+    if ds_cfg.get("fp16", {}).get("enabled"):
+        return "fp16"
+    return "fp32"
+
+
+def apply_optimizer_settings(engine, train: TrainArgs) -> str:
+    """Put ``train``'s optimizer settings in force at the engine's current step; returns them as one line.
+
+    A checkpoint load restores the settings saved with the optimizer state (lr, schedule base, betas, weight decay,
+    ZeRO's clipping norm). On resume this launch's config is in force for every key, so they are set again here:
+    the LR schedule is rebuilt from ``train`` (warm-up, cosine to ``max_steps``) at the step the schedule reached.
+    With an unchanged config this changes nothing (same floats), so an exact resume stays bit-identical.
+    """
+    sched, groups = engine.lr_scheduler, engine.optimizer.param_groups
+    fn = lr_lambda(train)
+    decays = getattr(engine, "distinctad_group_decays", [True] * len(groups))
+    sched.lr_lambdas = [fn] * len(groups)
+    sched.base_lrs = [train.lr] * len(groups)
+    for group, decay in zip(groups, decays, strict=True):
+        group["initial_lr"] = train.lr
+        group["lr"] = train.lr * fn(sched.last_epoch)  # what LambdaLR.get_lr computes
+        group["betas"] = tuple(train.betas)
+        group["weight_decay"] = train.weight_decay if decay else 0.0
+    sched._last_lr = [g["lr"] for g in groups]
+    if hasattr(engine.optimizer, "clip_grad"):  # ZeRO-1/2 restore the saved clipping norm with their state
+        engine.optimizer.clip_grad = train.grad_clip
+    # read back from the optimizer, so the line says what is in force, not what was asked for
+    first = groups[0]
+    clip = getattr(engine.optimizer, "clip_grad", engine.gradient_clipping())
+    return (
+        f"lr {first['lr']:.4g} at step {sched.last_epoch} (peak {sched.base_lrs[0]:g}, warm-up {train.warmup_steps}, "
+        f"cosine to {train.min_lr_ratio:g}x at step {train.max_steps}), betas {tuple(first['betas'])}, "
+        f"weight decay {[g['weight_decay'] for g in groups]}, grad clip {clip:g}"
+    )

@@ -4,7 +4,8 @@ A job supplies a :class:`~distinctad.train.core.task.Task` (what the model is, w
 plus optional hooks); :func:`fit` does the rest.
 The data position (epoch, micro-batch within the epoch) is part of the checkpoint, and a task's ``batches`` must be
 a deterministic function of (seed, epoch, rank), so a resumed run sees exactly the batches the uninterrupted run
-would have seen.
+would have seen. How a relaunch resumes when its config or topology differs from the checkpoint's is
+:mod:`distinctad.train.core.resume`'s.
 
 Faults it survives: a non-finite loss skips the step (all ranks agree) and ``train.max_bad_steps`` of them in a row
 stop the job with :class:`NonFiniteLossError`, the last good checkpoint untouched; corrupt samples are skipped by
@@ -47,10 +48,10 @@ from typing import Any
 import torch
 
 from distinctad.common import atomic_write_json
-from distinctad.train.core import checkpoint
+from distinctad.train.core import checkpoint, resume
 from distinctad.train.core import distributed as D
 from distinctad.train.core.config import config_hash, flatten, save_config, to_dict
-from distinctad.train.core.engine import build_engine
+from distinctad.train.core.engine import apply_optimizer_settings, build_ds_config, build_engine
 from distinctad.train.core.params import DeepSpeedArgs, RunArgs, TrackingArgs, TrainArgs
 from distinctad.train.core.task import Task
 from distinctad.train.core.tracking import Tracker
@@ -183,21 +184,37 @@ def fit(task: Task, cfg: Any, *, job: str) -> dict[str, Any]:
     track: TrackingArgs = cfg.tracking
     run_dir = Path(run.out_dir)
     ckpt_dir = run_dir / "checkpoints"
-    if D.is_master():
+    seed_everything(run.seed)
+    model = task.build_model()
+    topology = resume.Topology.of_launch(build_ds_config(ds, train), train.micro_batch_size)
+    resume_from = checkpoint.find_resume(run.resume, ckpt_dir)
+    # Before the engine exists: the checkpoint's topology decides how it loads (resume.py), the same on every rank.
+    prepared = resume.prepare(model, cfg, topology, *resume_from) if resume_from is not None else None
+    universal = prepared is not None and prepared.plan.mode == resume.UNIVERSAL_MODE
+    engine, ds_cfg = build_engine(model, train, ds, load_universal=universal)
+    state = TrainState()
+    resume_params: dict[str, Any] = {}
+    if prepared is not None:
+        client = resume.restore(engine, prepared)
+        state = TrainState(**{k: client[k] for k in dataclasses.asdict(state) if k in client})
+        state.micro_in_epoch, note = resume.rescale_position(state.micro_in_epoch, prepared.saved, topology)
+        level, line = resume.summary(prepared, [note] if note else [])
+        if line and D.is_master():  # the same on every rank: said once
+            logger.log(level, "%s", line)
+        # this launch's config is in force for every key: the schedule and optimizer settings too
+        logger.info("optimizer settings in force: %s", apply_optimizer_settings(engine, train))
+        resume_params = {
+            "resume.from": str(prepared.where),
+            "resume.step": state.step,
+            "resume.mode": prepared.plan.mode,
+            "resume.checkpoint_topology": str(prepared.saved),
+            "resume.changed_keys": ",".join(k for k, _, _ in prepared.changes) or "(none)",
+        }
+
+    if D.is_master():  # after the resume checks: a refused relaunch leaves the run directory as it was
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     D.barrier()
-
-    seed_everything(run.seed)
-    model = task.build_model()
-    engine, ds_cfg = build_engine(model, train, ds)
-    state = TrainState()
-    resume_from = checkpoint.find_resume(run.resume, ckpt_dir)
-    if resume_from is not None:
-        client = checkpoint.load(engine, *resume_from)
-        state = TrainState(**{k: client[k] for k in dataclasses.asdict(state) if k in client})
-        if client.get("config_hash") != config_hash(cfg):
-            logger.warning("resuming with a config that differs from the checkpoint's (see config.yaml there)")
 
     tracker = Tracker(
         run_dir,
@@ -209,7 +226,17 @@ def fit(task: Task, cfg: Any, *, job: str) -> dict[str, Any]:
         parent_run_id=track.parent_run_id,
     )
     tracker.set_tags({"job": job, "resumed_from_step": str(state.step)})
-    tracker.log_params({**flatten(to_dict(cfg)), "world_size": D.get_world_size(), **task.params()})
+    tracker.log_params(
+        {
+            **flatten(to_dict(cfg)),
+            "world_size": D.get_world_size(),
+            "topology.nodes": topology.nodes,
+            "topology.zero_stage": topology.zero_stage,
+            "topology.precision": topology.precision,
+            **resume_params,
+            **task.params(),
+        }
+    )
     if D.is_master():
         atomic_write_json(run_dir / "ds_config.json", ds_cfg)
         tracker.log_artifact(run_dir / "config.yaml")
@@ -217,14 +244,16 @@ def fit(task: Task, cfg: Any, *, job: str) -> dict[str, Any]:
 
     status = "FAILED"
     try:
-        result = _train(task, engine, cfg, state, tracker, ckpt_dir)
+        result = _train(task, engine, cfg, state, tracker, ckpt_dir, topology)
         status = "FINISHED"
         return result
     finally:
         tracker.close(status)
 
 
-def _train(task: Task, engine, cfg: Any, state: TrainState, tracker: Tracker, ckpt_dir: Path) -> dict[str, Any]:
+def _train(
+    task: Task, engine, cfg: Any, state: TrainState, tracker: Tracker, ckpt_dir: Path, topology: resume.Topology
+) -> dict[str, Any]:
     train: TrainArgs = cfg.train
     run_dir = Path(cfg.run.out_dir)
     faults = Faults.from_env()
@@ -243,7 +272,7 @@ def _train(task: Task, engine, cfg: Any, state: TrainState, tracker: Tracker, ck
 
     def save() -> None:
         count_skipped()
-        client = {**dataclasses.asdict(state), "config_hash": config_hash(cfg)}
+        client = {**dataclasses.asdict(state), "config_hash": config_hash(cfg), "topology": topology.record()}
         checkpoint.save(engine, ckpt_dir, state.step, client, cfg, train.keep_checkpoints)
 
     timers = {"data": 0.0, "eval": 0.0, "ckpt": 0.0}

@@ -27,6 +27,13 @@ class RunArgs:
     'auto': resume from the latest checkpoint in the run directory if there is one; 'none': start fresh; or where to
     resume from: another run directory, its checkpoints folder or one step_NNNNNNNN folder.
     """
+    resume_config: Literal["new", "checkpoint"] = "new"
+    """
+    On resume, the config in force for every key: 'new': this launch's (YAML file + command line); 'checkpoint': the
+    checkpoint's config.yaml in place of the YAML file, with this launch's run/tracking sections and command-line
+    keys on top. Either way the keys that differ from the checkpoint are listed at start-up, the LR schedule is
+    rebuilt from train.* at the resumed step, and a model whose parameter shapes differ is refused.
+    """
 
     def __post_init__(self) -> None:
         if not self.out_dir:
