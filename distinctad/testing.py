@@ -31,8 +31,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT")
+"""What a launcher sets per process; a child started by a test must not inherit them from the test process."""
+
+
 def _env(env: dict[str, str] | None) -> dict[str, str]:
-    full = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    base = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    full = {**base, "PYTHONUNBUFFERED": "1", **(env or {})}
     if env is None or "MLFLOW_TRACKING_URI" not in env:
         full.pop("MLFLOW_TRACKING_URI", None)  # a test's tracking goes where the test says, never to the user's server
     return full
@@ -52,7 +57,7 @@ def run_failing(
     cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 180
 ) -> subprocess.CompletedProcess:
     """Run a command that is expected to fail; the timeout bounds any hang."""
-    full = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full = {**{k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}, "PYTHONUNBUFFERED": "1", **(env or {})}
     full.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run(cmd, cwd=cwd, env=full, capture_output=True, text=True, timeout=timeout)
 

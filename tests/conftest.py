@@ -27,3 +27,12 @@ def _seed():
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def launcher_env(monkeypatch):
+    """For jobs run in this process: whatever launcher variables ``init_distributed`` fills in are removed again
+    afterwards (set-then-delete, so monkeypatch restores "unset"), so no later subprocess inherits a rank or a port."""
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT", "MLFLOW_TRACKING_URI"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)

@@ -79,14 +79,6 @@ TINY = {
 }
 
 
-@pytest.fixture
-def launcher_env(monkeypatch):
-    """Leave no launcher variables behind (init_distributed fills them in for a plain process)."""
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
 def test_every_job_has_an_in_process_test():
     assert set(TINY) == set(JOBS)
 

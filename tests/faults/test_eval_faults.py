@@ -81,13 +81,6 @@ def test_reference_read_is_strict_by_default_and_lenient_on_request(synth, tmp_p
 # ---------------------------------------------------------------- the Stage-II job: summary written, report partial
 
 
-@pytest.fixture
-def launcher_env(monkeypatch):
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
 STAGE2 = [
     "--model.feature_dim",
     "64",

@@ -50,5 +50,8 @@ def test_find_resume_uses_find_checkpoint(tmp_path):
 def test_generate_cli_reports_a_missing_checkpoint_in_one_line(tmp_path):
     from distinctad.train.tools.generate import main as generate
 
+    shard = tmp_path / "shards" / "eval-000000.tar"  # the shards are checked first: give it one that exists
+    shard.parent.mkdir()
+    shard.write_bytes(b"")
     with pytest.raises(SystemExit, match=f"^error: no checkpoint in {re.escape(str(tmp_path))}: "):
-        generate(["--ckpt", str(tmp_path), "--shards", "x", "--out", "y"])
+        generate(["--ckpt", str(tmp_path), "--shards", str(shard), "--out", str(tmp_path / "p.jsonl")])
