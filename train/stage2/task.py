@@ -262,7 +262,8 @@ def score(
     partial = bool(reader_skipped or problems or unscored or orphans)
     counts = {"eval/skipped_samples": float(reader_skipped), "eval/unscored_ads": float(len(unscored) + len(orphans))}
     if partial:
-        refs = [r for r in refs if (r.movie, r.ad_index) in predicted]
+        # The readable ground truth stays whole: with allow_missing the harness scores the matched ADs and cuts
+        # Recall@k/N windows on the ground truth, skipping (and counting) windows that lost an AD.
         preds = [p for p in preds if (p["movie"], p["ad_index"]) in known]
         first = problems[0] if problems else "see the reader's warnings above"
         note = (
@@ -287,7 +288,7 @@ def score(
         backend=cfg.eval.backend,
         backend_model=cfg.eval.backend_model or None,
         progress=False,
-        allow_missing=bool(empty),
+        allow_missing=bool(empty) or partial,
     )
     if partial:
         result["meta"]["partial"] = {
