@@ -127,7 +127,12 @@ def test_first_run_builds_and_saves_the_frozen_parts(runs):
     assert f"llm: {run_dir / 'lm'}" in resolved and f"clip_pretrained: {run_dir / 'clip'}" in resolved
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["finished"] and summary["step"] == STEPS and summary["epoch"] == 0
-    assert {"eval/BLEU-1", "eval/BLEU-4", "eval/CIDEr", "eval/loss"} <= set(summary)
+    assert {"eval/BLEU-1", "eval/CIDEr", "eval/loss"} <= set(summary)
+    # 12 steps of a tiny LM often give one-word ADs: then BLEU-4 is undefined, reported as null with a notice
+    report = json.loads((run_dir / "eval" / f"step_{STEPS:08d}_report.json").read_text())
+    if "eval/BLEU-4" not in summary:
+        assert report["BLEU-4"] is None
+        assert any("BLEU-4 undefined" in n for n in report["meta"]["notices"])
 
 
 @pytest.mark.parametrize("mode", ["cls", "words"])
