@@ -25,6 +25,7 @@ MACHINE_ROOT = re.compile(r"(?<![\w.~/:\-${}\])*>])/(?:work|root|home|tmp|Users|
 ALLOWED_PREFIXES = (
     # System paths, as in shebangs (#!/usr/bin/env bash) and in docs and code about system tools.
     "/usr/bin/",
+    "/bin/sh",  # the shebang of fake programs that tests write (tests/eval/test_java_failures.py)
     "/dev/null",
     "/dev/shm",  # DeepSpeed's shared-memory buffers (train/core/distributed.py and its test)
     # Placeholders for the data and weights a user supplies, in README/YAML examples and error hints; none of
