@@ -128,19 +128,20 @@ class SampleRecorder:
 
     def __init__(self, task: Task, run_dir: Path, launch: int):
         self.task = task
-        self.file = None
-        if os.environ.get("DISTINCTAD_DEBUG_SAMPLES", "") not in ("", "0"):
-            path = run_dir / "samples" / f"rank{D.get_rank()}.jsonl"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.enabled = os.environ.get("DISTINCTAD_DEBUG_SAMPLES", "") not in ("", "0")
+        self.path = run_dir / "samples" / f"rank{D.get_rank()}.jsonl"
+        self.file = None  # opened on the first ids: a task that records none leaves no file behind
         self.launch = launch
 
     def record(self, batch: Any, state: TrainState, micro: int, trained: bool) -> None:
-        if self.file is None:
+        if not self.enabled:
             return
         ids = self.task.sample_ids(batch)
         if ids is None:  # this task records no ids
             return
+        if self.file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         row = {
             "launch": self.launch,
             "epoch": state.epoch,
