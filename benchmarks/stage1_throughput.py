@@ -66,6 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10, help="Timed steps.")
     p.add_argument("--warmup", type=int, default=2, help="Untimed steps first (allocator, kernels).")
     p.add_argument("--lr", type=float, default=1e-5, help="Adam learning rate.")
+    p.add_argument("--seed", type=int, default=0, help="Seed of the random weights and the random batch.")
     p.add_argument("--lambda-mil", type=float, default=1.0, help="Weight of the frame-word MIL loss (0 = off).")
     p.add_argument("--trainable-blocks", type=int, default=None, help="Train only the last k vision blocks.")
     p.add_argument("--grad-checkpointing", action="store_true", help="Activation checkpointing in the vision tower.")
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Run the benchmark; prints and returns {"clips_per_s", "ms_per_step", "loss_first", "loss_last"}."""
     args = parse_args(argv)
     init_logger()
+    torch.manual_seed(args.seed)  # random weights and dropout: the same run twice gives the same losses
     try:
         model = build_clip_ad(
             args.model,
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     loss_fn = Stage1Loss(Stage1LossConfig(lambda_mil=args.lambda_mil))
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     step = make_step(model, loss_fn, optimizer, torch.bfloat16 if args.bf16 else None)
-    images, texts = random_batch(model, args.batch_size, args.frames, args.device)
+    images, texts = random_batch(model, args.batch_size, args.frames, args.device, args.seed)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
     losses = [float(step(images, texts)["loss"]) for _ in range(args.warmup)]
