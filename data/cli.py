@@ -303,6 +303,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if not args.videos and not args.features:
         raise ValueError("pass --videos and/or --features (what SynthMAD should render)")
     check_output_dir("--out", args.out)
+    from distinctad.data.synth_audio import espeak_available
+
+    audio = args.videos and not args.no_audio
+    if audio and not espeak_available():
+        logger.warning("espeak-ng is not installed: the SynthMAD videos get no dialogue soundtrack")
+        audio = False
     meta = write_synthmad(
         args.out,
         movies=args.movies,
@@ -313,10 +319,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
         feature_dim=args.feature_dim,
         video_size=args.video_size,
         eval_movies=args.eval_movies,
+        audio=audio,
     )
     print(
         f"SynthMAD: {len(meta['movies'])} movies, {meta['ads']} ADs in {args.out} "
-        f"({', '.join(k for k in ('videos', 'features') if k in meta)})"
+        f"({', '.join(k for k in ('videos', 'dialogue', 'features') if k in meta)})"
     )
     return 0
 
@@ -341,6 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", action="store_true", help="Write synthetic CLIP features (features.h5).")
     p.add_argument("--feature-dim", type=int, default=512, help="Width D of the synthetic features.")
     p.add_argument("--video-size", type=int, default=64, help="Video frame side in pixels.")
+    p.add_argument(
+        "--no-audio",
+        action="store_true",
+        help="Videos without the dialogue soundtrack (default: characters' lines spoken by espeak-ng between the AD "
+        "clips, their times in dialogue.json).",
+    )
     p.add_argument("--eval-movies", type=int, default=1, help="How many movies go to the EVAL split.")
     return parser
 

@@ -192,9 +192,22 @@ def _timeline(clips: list[SynthClip], duration: float):
     return out
 
 
-def write_video(path: str | os.PathLike, clips: list[SynthClip], duration: float, size: int = 64) -> None:
-    """Render one movie to an H.264 mp4 at 5 fps (written to a temporary file, then renamed)."""
+def write_video(
+    path: str | os.PathLike,
+    clips: list[SynthClip],
+    duration: float,
+    size: int = 64,
+    soundtrack: np.ndarray | None = None,
+) -> None:
+    """Render one movie to an H.264 mp4 at 5 fps (written to a temporary file, then renamed).
+
+    Args:
+        soundtrack: float32 mono samples at :data:`~distinctad.data.synth_audio.SAMPLE_RATE` Hz; when given, the
+            mp4 also gets an AAC audio stream, muxed one second at a time beside the frames.
+    """
     import av
+
+    from distinctad.data.synth_audio import SAMPLE_RATE
 
     with atomic_path(path) as tmp:
         with av.open(str(tmp), "w", format="mp4") as out:
@@ -203,12 +216,32 @@ def write_video(path: str | os.PathLike, clips: list[SynthClip], duration: float
             stream.pix_fmt = "yuv420p"
             # Fixed encoder settings and one thread keep the bytes identical across runs.
             stream.options = {"crf": "18", "preset": "veryfast", "threads": "1"}
-            for clip, scene, phase in _timeline(clips, duration):
+            audio = None
+            if soundtrack is not None:
+                audio = out.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
+            sent = 0  # audio samples encoded so far
+
+            def encode_audio(upto: int) -> int:
+                for lo in range(sent, min(upto, len(soundtrack)), SAMPLE_RATE):
+                    hi = min(lo + SAMPLE_RATE, upto, len(soundtrack))
+                    frame = av.AudioFrame.from_ndarray(soundtrack[None, lo:hi], format="fltp", layout="mono")
+                    frame.sample_rate, frame.pts = SAMPLE_RATE, lo
+                    for packet in audio.encode(frame):
+                        out.mux(packet)
+                return max(sent, min(upto, len(soundtrack)))
+
+            for f, (clip, scene, phase) in enumerate(_timeline(clips, duration)):
                 frame = av.VideoFrame.from_ndarray(render_frame(clip, scene, phase, size), format="rgb24")
                 for packet in stream.encode(frame):
                     out.mux(packet)
+                if audio is not None and f % FPS == 0:
+                    sent = encode_audio((f // FPS + 1) * SAMPLE_RATE)
             for packet in stream.encode():
                 out.mux(packet)
+            if audio is not None:
+                sent = encode_audio(len(soundtrack))
+                for packet in audio.encode():
+                    out.mux(packet)
 
 
 def embedding_table(dim: int, seed: int) -> dict[str, np.ndarray]:
@@ -248,6 +281,7 @@ def write_synthmad(
     feature_dim: int = 512,
     video_size: int = 64,
     eval_movies: int = 1,
+    audio: bool = False,
 ) -> dict:
     """Generate a SynthMAD dataset in ``out_dir``.
 
@@ -261,6 +295,8 @@ def write_synthmad(
         feature_dim: width D of the synthetic features.
         video_size: frame side in pixels.
         eval_movies: how many of the last movies go to the EVAL split (at least one TRAIN movie is kept).
+        audio: with ``videos``, give each video a soundtrack: characters' lines spoken by espeak-ng in the silences
+            between AD clips (:mod:`distinctad.data.synth_audio`), their times written to ``dialogue.json``.
 
     Returns:
         A summary dict: paths written, movies, ADs.
@@ -282,9 +318,23 @@ def write_synthmad(
     atomic_write_json(out / "splits.json", splits)
     written = {"annotations": str(out / "annotations.json"), "splits": str(out / "splits.json")}
     if videos:
+        dialogue = {}
         for movie in ids:
-            write_video(out / "videos" / f"{movie}.mp4", *plans[movie], size=video_size)
+            soundtrack = None
+            if audio:
+                from distinctad.data import synth_audio
+
+                clips, duration = plans[movie]
+                cast = sorted({c.character for c in clips})
+                dialogue[movie] = synth_audio.plan_dialogue(clips, duration, cast, _rng(seed, "dialogue", movie))
+                soundtrack = synth_audio.render_soundtrack(dialogue[movie], duration)
+            write_video(out / "videos" / f"{movie}.mp4", *plans[movie], size=video_size, soundtrack=soundtrack)
         written["videos"] = str(out / "videos")
+        if audio:
+            from distinctad.data.synth_audio import dialogue_record
+
+            atomic_write_json(out / "dialogue.json", {m: dialogue_record(lines) for m, lines in dialogue.items()})
+            written["dialogue"] = str(out / "dialogue.json")
     if features:
         import h5py
 
