@@ -69,7 +69,8 @@ def prepare_batch(batch: dict, tokenizer, cfg: CaptionerConfig) -> dict[str, tor
             texts.append(ctx_ids + [bos] + ad_ids + [eos])
             labels.append([IGNORE] * (len(ctx_ids) + 1) + ad_ids + [eos])
             prompts.append(ctx_ids + [bos])
-            history.append(sentences[n])
+            if sentences[n]:  # blanked sentences (generation without ground-truth context) are no context
+                history.append(sentences[n])
 
     V = len(texts)
     S = max((len(t) for t in texts), default=1)
@@ -237,7 +238,8 @@ class DistinctADCaptioner(nn.Module):
         """Generated token ids of every valid clip (eval mode, μ frozen; the previous mode is restored).
 
         The LLM sees [prompt][context][<bos>] (left-padded) and continues with the AD until <eos>. The text
-        context is the ground-truth previous ADs that ``prepare_batch`` put in ``gen_ids``.
+        context is whatever ``prepare_batch`` put in ``gen_ids``: the ground-truth previous ADs, or the model's own
+        or none (:mod:`distinctad.train.stage2.context`).
 
         Args:
             prepared: output of ``prepare_batch`` (the text_* entries are not used).

@@ -40,6 +40,11 @@ class Stage2EvalArgs:
     """
     generation: GenerationArgs = field(default_factory=GenerationArgs)
     """Decoding."""
+    context: str = "gt"
+    """
+    Text context at generation: gt (the ground-truth previous ADs, as papers commonly report), predicted (the model's
+    own previous ADs, autoregressive across windows: what a real description track can use) or none.
+    """
     metrics: list[str] = field(default_factory=lambda: ["bleu", "meteor", "rouge", "cider"])
     """Captioning metrics (pycocoevalcap)."""
     recall_k: int = 5

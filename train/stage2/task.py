@@ -27,6 +27,7 @@ from distinctad.train.core.tracking import Tracker
 from distinctad.train.models.captioner import DistinctADCaptioner, prepare_batch
 from distinctad.train.models.captioner_config import GenerationArgs
 from distinctad.train.stage2.config import Stage2Job
+from distinctad.train.stage2.context import CONTEXT_MODES, generate_in_context
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ def check_paths(cfg: Stage2Job) -> None:
             check_shards("data.eval_shards", d.eval_shards)
         if not (d.train_shards and d.eval_shards):
             check_output_dir("data.synth_dir", d.synth_dir)
+        if cfg.eval.context not in CONTEXT_MODES:
+            raise PathProblem(f"eval.context: must be one of {', '.join(CONTEXT_MODES)}, got {cfg.eval.context!r}")
         if cfg.eval.enabled and cfg.eval.backend != "lexical" and cfg.eval.backend_model:
             check_dir("eval.backend_model", cfg.eval.backend_model, "model folder")
     except PathProblem as e:
@@ -160,6 +163,7 @@ class Stage2Task(Task):
             max_windows=self.cfg.eval.max_windows,
             zero3=engine.zero_optimization_stage() == 3,
             stats=stats,
+            context=self.cfg.eval.context,
         )
         if not D.is_master():
             return {}
@@ -186,12 +190,19 @@ def predict(
     max_windows: int = 0,
     zero3: bool = False,
     stats: dict[str, int] | None = None,
+    context: str = "gt",
 ) -> list[dict[str, Any]]:
     """One generated AD per readable clip of ``shards``; collective: every rank generates its share, all get the union.
+
+    ``context``: the text context the captioner sees (``gt``, ``predicted``, ``none``;
+    :mod:`distinctad.train.stage2.context`).
 
     Corrupt samples and the unreadable rest of a truncated shard are skipped by the reader (logged); ``stats``, when
     given, receives ``skipped_samples``: the windows ``sizes.json`` lists that no rank could read.
     """
+    if context == "predicted" and zero3 and D.get_world_size() > 1:
+        raise ConfigError("context 'predicted' generates window by window, which ZeRO-3 on several ranks cannot do")
+    histories: dict[str, list[str]] = {}  # movie -> ADs generated so far (context 'predicted')
     data = get_wds_loader(shards, "window", gen.batch_size, is_train=False)
     mine: list[dict[str, Any]] = []
     device = next(model.parameters()).device
@@ -209,9 +220,12 @@ def predict(
             continue
         keep = valid.nonzero().flatten().tolist()
         sub = {k: (v[keep] if isinstance(v, torch.Tensor) else [v[i] for i in keep]) for k, v in batch.items()}
-        prepared = prepare_batch(sub, tokenizer, model.cfg)
         extra = {"synced_gpus": True} if zero3 and D.get_world_size() > 1 else {}
-        texts = model.generate(_to(prepared, device), tokenizer, gen, **extra)
+        if context == "gt":
+            prepared = prepare_batch(sub, tokenizer, model.cfg)
+            texts = model.generate(_to(prepared, device), tokenizer, gen, **extra)
+        else:
+            texts = generate_in_context(model, tokenizer, sub, gen, context, histories, **extra)
         for b, window_texts in enumerate(texts):
             indices = sub["ad_index"][b][sub["clip_mask"][b].bool()].tolist()
             for ad_index, text in zip(indices, window_texts, strict=True):

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from distinctad.train.models.captioner_config import GenerationArgs
+from distinctad.train.stage2.context import CONTEXT_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             default=default,
             help=f"{docs[f.name]} Default: %(default)s.",
         )
+    p.add_argument(
+        "--context",
+        "--eval.context",
+        dest="context",
+        choices=CONTEXT_MODES,
+        default="gt",
+        help="Text context: gt (ground-truth previous ADs, as papers commonly report), predicted (the model's own "
+        "previous ADs, autoregressive across windows), none. Default: %(default)s.",
+    )
     p.add_argument("--max-windows", type=int, default=0, help="Stop after this many windows per rank (0: all).")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     return p.parse_args(argv)
@@ -97,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         max_windows=args.max_windows,
         zero3=engine.zero_optimization_stage() == 3,
         stats=stats,
+        context=args.context,
     )
     if D.is_master():
         write_predictions(args.out, preds)
