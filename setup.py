@@ -48,6 +48,9 @@ setup(
         "pillow",
         "matplotlib",
         "tqdm",
+        "silero-vad",  # distinctad-describe: speech detection (its pip package ships the model)
+        "scenedetect",  # distinctad-describe: shot cuts (PySceneDetect, PyAV backend)
+        "webvtt-py",  # distinctad-describe: the WebVTT/SRT description track
     ],
     extras_require={
         # dev: everything the test suite and the lint need; the LoRA tests use peft, so dev holds llama's too.
@@ -63,6 +66,7 @@ setup(
             "distinctad-extract=distinctad.train.tools.extract:main",
             "distinctad-generate=distinctad.train.tools.generate:main",
             "distinctad-ablate=distinctad.train.tools.ablate:main",
+            "distinctad-describe=distinctad.train.tools.describe.cli:main",
         ]
     },
 )

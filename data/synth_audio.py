@@ -67,7 +67,12 @@ def speak(text: str, speed: int = 175, voice: str = "en", rate: int = SAMPLE_RAT
     exe = shutil.which("espeak-ng")
     if exe is None:
         raise EspeakMissing("espeak-ng is not installed (apt-get install espeak-ng)")
-    proc = subprocess.run([exe, "-v", voice, "-s", str(speed), "--stdout", text], capture_output=True)
+    # the text goes through stdin: never parsed as an option, and control characters (a random model writes
+    # anything) are spaces
+    clean = "".join(c if c.isprintable() else " " for c in text).strip() or "."
+    proc = subprocess.run(
+        [exe, "-v", voice, "-s", str(speed), "--stdout", "--stdin"], input=clean.encode("utf-8"), capture_output=True
+    )
     if proc.returncode != 0 or not proc.stdout:
         raise RuntimeError(f"espeak-ng failed: {proc.stderr.decode(errors='replace').strip()[-200:]}")
     with wave.open(io.BytesIO(proc.stdout)) as w:
