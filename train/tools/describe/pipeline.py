@@ -110,7 +110,7 @@ def describe(opts: DescribeOptions) -> dict:
     except (CheckpointError, ConfigError) as e:
         raise DescribeError(f"--stage2: {e}") from None
     if info.vfr:
-        logger.warning("%s: variable frame rate; frames are taken by their timestamps", movie)
+        print(f"notice: {movie} has a variable frame rate: frames are taken by their timestamps")
     from distinctad.train.tools.describe.content import load_vision_tower
 
     t0 = time.perf_counter()
