@@ -18,11 +18,13 @@ import numpy as np
 from distinctad.common import atomic_path, atomic_write_json
 
 CACHE_DIR = ".describe-cache"
+VERSION = 1
+"""Part of every key: bumped when what a phase stores changes, so an old cache is never misread."""
 
 
 def key(*parts: Any) -> str:
     """sha256 (first 24 hex digits) of the JSON of ``parts``."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return hashlib.sha256(json.dumps([VERSION, *parts], sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 class PhaseCache:

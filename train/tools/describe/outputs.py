@@ -68,7 +68,7 @@ PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title} - audio description</title>
 <style>
 body {{ font-family: sans-serif; margin: 1.5em; background: #fafafa; color: #222; }}
-video {{ width: 640px; max-width: 100%; background: #000; display: block; }}
+video {{ max-width: 100%; width: 640px; max-height: 360px; background: #000; display: block; }}
 #now {{ min-height: 1.5em; margin: .5em 0; font-style: italic; }}
 table {{ border-collapse: collapse; margin-top: 1em; }}
 td, th {{ border-bottom: 1px solid #ddd; padding: .25em .6em; text-align: left; vertical-align: top; }}
@@ -79,7 +79,7 @@ tr.on td {{ background: #ffe9a8; }}
 <body>
 <h1>{title}</h1>
 <p>{summary}</p>
-<video id="film" controls preload="metadata" src="{video}">
+<video id="film" controls preload="auto" src="{video}">
   <track id="ad" kind="descriptions" label="Audio description" srclang="en" src="{vtt}" default>
 </video>
 <div id="now" aria-live="polite"></div>
