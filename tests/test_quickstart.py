@@ -50,6 +50,8 @@ def test_quickstart_runs_end_to_end_and_reuses_finished_steps(tmp_path):
     preds = (tmp_path / "qs/results/clipad-A0_predictions.jsonl").read_text().splitlines()
     assert report["meta"]["matching"]["matched"] == len(preds) == 32  # one AD per clip of the eval movie
     assert "mlflow ui --backend-store-uri" in first and "--host 127.0.0.1" in first
+    assert "[describe synth0002]  $ distinctad-describe" in first and "AD track: " in first
+    assert (tmp_path / "qs/results/described/index.html").is_file()
 
     second = run_cmd(args, cwd=tmp_path, timeout=300).stdout
     assert "  $ " not in second.replace("already done, skipping:  $ ", "")  # nothing re-ran

@@ -99,6 +99,18 @@ def run_describe(movie, stage2, out, **kw):
         return describe(DescribeOptions(movie=str(movie), stage2=str(stage2), out=str(out), **{**FAST, **kw}))
 
 
+@pytest.fixture
+def describe_film():
+    """``run_describe`` (a fixture, so test modules need not import conftest)."""
+    return run_describe
+
+
+@pytest.fixture
+def ranks():
+    """``in_process_ranks`` (a fixture, so test modules need not import conftest)."""
+    return in_process_ranks
+
+
 @pytest.fixture(scope="session")
 def described(film, stage2_run, tmp_path_factory) -> dict:
     """The film described and narrated into a folder: the pipeline's summary, plus ``out``."""

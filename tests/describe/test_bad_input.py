@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from distinctad.train.tools.describe.cli import main
-from tests.describe.conftest import in_process_ranks
 
 
 def write_video(path, times, colour_at, size=32):
@@ -71,7 +70,7 @@ def test_feature_width_mismatch_and_unwritable_out(film, stage2_run, tmp_path):
     _fails([str(film["path"]), *s2, "--clip-model", "distinctad-tiny"], blocker / "out", "--out", "is a file")
 
 
-def test_variable_frame_rate_film_without_audio(stage2_run, tmp_path, capsys):
+def test_variable_frame_rate_film_without_audio(stage2_run, tmp_path, capsys, ranks):
     # 8 s, frames at irregular times, red then blue: one shot cut at 4 s
     rng = np.random.default_rng(0)
     times = np.cumsum(rng.uniform(0.1, 0.35, 60))
@@ -79,7 +78,7 @@ def test_variable_frame_rate_film_without_audio(stage2_run, tmp_path, capsys):
     film = tmp_path / "vfr.mkv"
     write_video(film, times, lambda t: (220, 30, 30) if t < 4.0 else (30, 60, 220))
     out = tmp_path / "out"
-    with in_process_ranks():
+    with ranks():
         main(
             [str(film), "--stage2", str(stage2_run), "--clip-model", "distinctad-tiny", "--out", str(out)]
             + ["--num-beams", "1", "--max-new-tokens", "4", "--no-progress"]

@@ -9,8 +9,6 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from tests.describe.conftest import run_describe
-
 
 def _cues(described):
     return described["cues"]
@@ -143,11 +141,11 @@ def test_context_of_each_window_is_the_previous_windows_own_ads(described, stage
     assert [c["text"] for c in _cues(described)] == history
 
 
-def test_killed_during_generation_rerun_gives_identical_files(film, stage2_run, tmp_path, monkeypatch):
+def test_killed_during_generation_rerun_gives_identical_files(film, stage2_run, tmp_path, monkeypatch, describe_film):
     from distinctad.train.stage2 import context as ctx
     from distinctad.train.tools.describe import cache as C
 
-    ref = run_describe(film["path"], stage2_run, tmp_path / "ref")
+    ref = describe_film(film["path"], stage2_run, tmp_path / "ref")
     out = tmp_path / "killed"
     real_put = C.PhaseCache.put_json
     windows_written = []
@@ -162,13 +160,13 @@ def test_killed_during_generation_rerun_gives_identical_files(film, stage2_run, 
 
     monkeypatch.setattr(C.PhaseCache, "put_json", put_then_die)
     with pytest.raises(KeyboardInterrupt):
-        run_describe(film["path"], stage2_run, out)
+        describe_film(film["path"], stage2_run, out)
     monkeypatch.undo()
     assert not list(out.glob("*.vtt")) and not list(out.glob("*.jsonl"))  # nothing half-written
     calls = []
     real_gen = ctx.generate_candidates
     monkeypatch.setattr(ctx, "generate_candidates", lambda *a, **k: calls.append(1) or real_gen(*a, **k))
-    again = run_describe(film["path"], stage2_run, out)
+    again = describe_film(film["path"], stage2_run, out)
     assert len(calls) == len(again["windows"]) - 2  # the two finished windows were reused
     for name in ("vtt", "srt", "jsonl"):
         assert open(again["paths"][name]).read() == open(ref["paths"][name]).read()

@@ -61,3 +61,32 @@ def test_spoken_duration_and_fit():
     f = fit(["one two three four"], 0.5, est)
     assert (f.text, f.fits, f.how) == ("one two three.", False, "too long")
     assert clean("a\x00b \ufffd  c\n") == "a b c"
+
+
+@pytest.mark.skipif(__import__("shutil").which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_synth_cli_videos_have_dialogue_between_the_ad_clips_unless_no_audio(tmp_path):
+    import json
+
+    import av
+
+    from distinctad.data.cli import main as shards
+
+    assert shards(["synth", "--out", str(tmp_path / "a"), "--movies", "2", "--ads-per-movie", "4", "--videos"]) == 0
+    dialogue = json.loads((tmp_path / "a/dialogue.json").read_text())
+    anns = json.loads((tmp_path / "a/annotations.json").read_text()).values()
+    for movie, lines in dialogue.items():
+        clips = [a["timestamps"] for a in anns if a["movie"] == movie]
+        assert lines and all(0 < ln["end"] - ln["start"] for ln in lines)
+        for ln in lines:  # spoken in the silences: never inside an AD clip
+            assert all(ln["end"] <= s or e <= ln["start"] for s, e in clips)
+        with av.open(str(tmp_path / f"a/videos/{movie}.mp4")) as c:
+            assert len(c.streams.audio) == 1 and c.streams.audio[0].sample_rate == 16000
+    assert (
+        shards(
+            ["synth", "--out", str(tmp_path / "b"), "--movies", "2", "--ads-per-movie", "4", "--videos", "--no-audio"]
+        )
+        == 0
+    )
+    with av.open(str(tmp_path / "b/videos/synth0000.mp4")) as c:
+        assert not c.streams.audio
+    assert not (tmp_path / "b/dialogue.json").exists()

@@ -305,7 +305,38 @@ def _pipeline(args, work: Path, track: list[str], env: dict[str, str], timer: St
     table = results_table(results)
     atomic_write_text(res / "results.md", table)
     parent.log_artifact(res / "results.md")
+    _describe_eval_movie(args, synth, runs, res / "described", timer, env)
     return results
+
+
+def _describe_eval_movie(args, synth: Path, runs: Path, out: Path, timer: StepTimer, env: dict[str, str]) -> None:
+    """7. From a film file to its AD track: describe the first eval movie with the Stage-I export and the last
+    CLIP-AD Stage-II run just trained (narrated when espeak-ng is installed)."""
+    import shutil
+
+    movie = json.loads((synth / "splits.json").read_text())["EVAL"][0]
+    rows = [r.strip() for r in args.configs.split(",") if r.strip()]
+    narrate = ["--narrate"] if shutil.which("espeak-ng") else []
+    run_step(
+        f"describe {movie}",
+        [
+            "distinctad-describe",
+            str(synth / "videos" / f"{movie}.mp4"),
+            "--stage2",
+            str(runs / f"stage2-clipad-{rows[-1]}"),
+            "--clip-ad",
+            str(runs / "stage1"),
+            "--out",
+            str(out),
+            "--num-beams",
+            str(args.num_beams),
+            "--no-progress",
+            *narrate,
+        ],
+        done=(out / "index.html").is_file(),
+        timer=timer,
+        env=env,
+    )
 
 
 def results_table(results: dict[str, dict]) -> str:
@@ -337,6 +368,11 @@ def _print_closing(results: dict, timer: StepTimer, work: Path, uri: str) -> Non
         print(f"  {name:<28} {secs:7.1f} s  {status}")
     print(f"  {'total':<28} {total:7.1f} s")
     print(f"\nTable: {work / 'results' / 'results.md'}")
+    described = work / "results" / "described"
+    for track in sorted(described.glob("*.ad.vtt")):
+        mkv = track.with_name(track.name.replace(".vtt", ".mkv"))
+        print(f"AD track: {track}" + (f"   narrated film: {mkv}" if mkv.is_file() else ""))
+        print(f"Preview:  {described / 'index.html'}   (open it in a browser)")
     print(
         f"Look at the runs:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
         "   (then open http://127.0.0.1:5000)"
