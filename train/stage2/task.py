@@ -42,6 +42,8 @@ def check_paths(cfg: Stage2Job) -> None:
     from distinctad.train.models.llm import TINY_LLMS, resolve_local
 
     d = cfg.data
+    if cfg.eval.context not in CONTEXT_MODES:
+        raise ConfigError(f"eval.context: must be one of {', '.join(CONTEXT_MODES)}, got {cfg.eval.context!r}")
     try:
         check_run_paths(cfg)
         if d.train_shards:
@@ -50,8 +52,6 @@ def check_paths(cfg: Stage2Job) -> None:
             check_shards("data.eval_shards", d.eval_shards)
         if not (d.train_shards and d.eval_shards):
             check_output_dir("data.synth_dir", d.synth_dir)
-        if cfg.eval.context not in CONTEXT_MODES:
-            raise PathProblem(f"eval.context: must be one of {', '.join(CONTEXT_MODES)}, got {cfg.eval.context!r}")
         if cfg.eval.enabled and cfg.eval.backend != "lexical" and cfg.eval.backend_model:
             check_dir("eval.backend_model", cfg.eval.backend_model, "model folder")
     except PathProblem as e:
