@@ -172,6 +172,9 @@ def main(argv=None) -> dict:
             duration=info.duration,
             progress=False,
         )
+    import resource
+
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     total = sum(v for k, v in times.items() if k != "decode audio (16 kHz)")  # VAD's time includes its decode
     print(f"\n{info.duration / 60:.1f} min film, {len(speech)} speech segments, {len(cuts)} cuts, {len(slots)} slots")
@@ -181,9 +184,15 @@ def main(argv=None) -> dict:
     print(f"{'total':<24} {total:8.1f} {total / minutes:13.2f} {total / info.duration:12.3f}   (goal <= 0.25)")
     print(
         f"device {args.device}, torch threads {args.threads}, beams {args.num_beams}, max_new_tokens "
-        f"{args.max_new_tokens}\nuptime: {load}"
+        f"{args.max_new_tokens}, peak RSS {peak_mb:.0f} MB\nuptime: {load}"
     )
-    result = {"minutes": minutes, "times": times, "ratio": total / info.duration, "uptime": load}
+    result = {
+        "minutes": minutes,
+        "times": times,
+        "ratio": total / info.duration,
+        "peak_rss_mb": peak_mb,
+        "uptime": load,
+    }
     print(json.dumps(result))
     return result
 

@@ -80,6 +80,10 @@ def check_inputs(opts: DescribeOptions) -> Probe:
         os.unlink(tmp)
     except OSError as e:
         raise DescribeError(f"--out: {opts.out}: not writable ({e.strerror})") from None
+    from distinctad.data.synth_audio import espeak_available
+
+    if opts.narrate and not espeak_available():
+        raise DescribeError("--narrate needs espeak-ng, which is not installed (apt-get install espeak-ng)")
     if opts.min_gap <= 2 * opts.margin:
         raise DescribeError(f"--min-gap ({opts.min_gap}) must exceed twice --margin ({opts.margin})")
     info = probe(opts.movie)
