@@ -29,6 +29,7 @@ import os
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import webdataset as wds
 from tqdm import tqdm
@@ -36,6 +37,7 @@ from tqdm import tqdm
 from distinctad.common import atomic_path, atomic_write_json
 from distinctad.data.annotations import AD
 from distinctad.data.features import FEATURE_FPS, FeatureReader
+from distinctad.data.identity import HashCache, content_identity, input_record, sources_changed
 
 # npy_bytes, sample_key, window_meta, window_units stay public here: train/tools/extract.py writes window shards
 # with the builder's own code.
@@ -50,6 +52,9 @@ from distinctad.data.kinds import (  # noqa: F401
     window_meta,
     window_units,
 )
+
+if TYPE_CHECKING:
+    from distinctad.data.parts import Part
 
 logger = logging.getLogger(__name__)
 
@@ -98,12 +103,19 @@ class BuildOptions:
             raise ValueError(f"split name must be non-empty without '-' or '/', got {self.split!r}")
 
 
-def shard_name(split: str, index: int) -> str:
-    return f"{split}-{index:06d}.tar"
+def shard_name(split: str, index: int, part: Part | None = None) -> str:
+    """``{split}-{index:06d}.tar``; a part's shards carry its tag: ``{split}-p003of008-{index:06d}.tar``."""
+    return f"{split}-{index:06d}.tar" if part is None else f"{split}-{part.tag}-{index:06d}.tar"
+
+
+def manifest_name(part: Part | None = None) -> str:
+    """``manifest.json``; a part's own manifest is ``manifest.p003of008.json`` (merged by ``merge``)."""
+    return "manifest.json" if part is None else f"manifest.{part.tag}.json"
 
 
 def file_sha256(path: str | os.PathLike, quick: bool = False) -> str:
-    """sha256 of a file; ``quick`` hashes size + first and last 16 MiB (for multi-GB sources)."""
+    """sha256 of a file; ``quick`` hashes size + first and last 16 MiB (kept for old callers; inputs of a build are
+    identified by :mod:`distinctad.data.identity`)."""
     h = hashlib.sha256()
     size = os.path.getsize(path)
     with open(path, "rb") as f:
@@ -250,10 +262,16 @@ def _jobs_for_shard(index: int, units: list[Unit]) -> list[tuple[int, list[Unit]
 
 
 def _plan_hash(opts: BuildOptions, sources: list[dict], plan: Plan) -> str:
+    # The inputs enter by content identity (size + sampled blocks), never by hashing mode or mtime: switching
+    # --verify-inputs, or touching an input, never changes the plan (identity.same_input decides the rest).
     h = hashlib.sha256()
     h.update(
         json.dumps(
-            {"version": BUILDER_VERSION, "options": asdict(opts), "sources": [s["sha256"] for s in sources]},
+            {
+                "version": BUILDER_VERSION,
+                "options": asdict(opts),
+                "sources": [content_identity(s) for s in sources],
+            },
             sort_keys=True,
         ).encode()
     )
@@ -262,10 +280,11 @@ def _plan_hash(opts: BuildOptions, sources: list[dict], plan: Plan) -> str:
     return h.hexdigest()
 
 
-def load_manifest(out: Path) -> dict | None:
-    """The ``manifest.json`` of a shard folder; ``None`` when missing or not valid JSON."""
+def load_manifest(out: Path, part: Part | None = None) -> dict | None:
+    """The ``manifest.json`` of a shard folder (a part's own manifest with ``part``); ``None`` when missing or not
+    valid JSON."""
     try:
-        return json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        return json.loads((out / manifest_name(part)).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
 
@@ -297,6 +316,9 @@ def build_shards(
     pre_drops: dict[str, tuple[int, int]] | None = None,
     workers: int = 0,
     progress: bool = True,
+    part: Part | None = None,
+    part_assignment: str | None = None,
+    hash_cache: HashCache | None = None,
 ) -> BuildResult:
     """Build (or resume) one shard set.
 
@@ -312,6 +334,11 @@ def build_shards(
         pre_drops: ``{reason: (movies, ADs)}`` dropped before this call (curation, bad UTF-8), for the summary.
         workers: encoding processes (0 = in this process).
         progress: show a tqdm bar.
+        part: build as part I of N (``--part``): ``movies`` are this part's, shards and manifest carry its tag
+            and ``merge`` makes the parts one set (see ``parts.py``).
+        part_assignment: ``parts.assignment_hash`` of the whole movie -> part assignment (checked by ``merge``).
+        hash_cache: full input hashes known from earlier runs (``identity.HashCache``); used and filled when an
+            input's mtime changed, to tell a touched input from an edited one.
 
     Returns:
         A :class:`BuildResult` with the manifest, the shards built and skipped, and the printed summary table.
@@ -325,33 +352,36 @@ def build_shards(
     sources = list(sources or [])
     plan_hash = _plan_hash(opts, sources, plan)
 
-    old = load_manifest(out)
+    _check_layout(out, part)
+    old = load_manifest(out, part)
     old_shards: dict[str, dict] = {}
     if old is not None:
-        if old.get("plan_hash") == plan_hash:
+        changed = sources_changed(old.get("sources", []), sources, hash_cache)
+        if old.get("plan_hash") == plan_hash and changed is None:
             old_shards = {s["file"]: s for s in old.get("shards", [])}
         else:
-            logger.warning("%s: existing manifest was built from other inputs/options; rebuilding every shard", out)
+            why = changed if old.get("plan_hash") == plan_hash else "other inputs/options"
+            logger.warning("%s: existing manifest was built from %s; rebuilding every shard", out, why)
 
-    for stale in out.glob(f".{opts.split}-*.tar.*.tmp"):  # left by a killed build; never a finished shard
+    # Left by a killed build; never a finished shard (and never another part's file in progress).
+    tmp_glob = f".{opts.split}-[0-9]*.tar.*.tmp" if part is None else f".{opts.split}-{part.tag}-*.tar.*.tmp"
+    for stale in out.glob(tmp_glob):
         stale.unlink()
-    names = [shard_name(opts.split, i) for i in range(len(plan.shards))]
+    names = [shard_name(opts.split, i, part) for i in range(len(plan.shards))]
     todo, skipped = [], []
     for i, name in enumerate(names):
-        rec = old_shards.get(name)
-        path = out / name
-        if (
-            rec is not None
-            and path.is_file()
-            and path.stat().st_size == rec["bytes"]
-            and file_sha256(path) == rec["sha256"]
-        ):
+        if _shard_intact(out / name, old_shards.get(name)):
             skipped.append(name)
         else:
             todo.append(i)
     if skipped:
-        logger.info(
-            "%d/%d shards already complete (sha256 matches the manifest); skipping them", len(skipped), len(names)
+        logger.info("%d/%d shards already complete (as the manifest records); skipping them", len(skipped), len(names))
+    if part is not None and todo and (out / "manifest.json").is_file():
+        # A part rebuilt after merging: the merged manifest would no longer describe it.
+        for stale in ("manifest.json", "sizes.json"):
+            (out / stale).unlink(missing_ok=True)
+        logger.warning(
+            "%s: removed the merged manifest; run `distinctad-shards merge %s` when every part is done", out, out
         )
 
     shard_records: dict[str, dict] = {n: old_shards[n] for n in skipped}
@@ -369,6 +399,8 @@ def build_shards(
         "curation": curation or {},
         "complete": False,
     }
+    if part is not None:
+        manifest["part"] = {"index": part.index, "count": part.count, "assignment": part_assignment}
 
     def write_manifest(complete: bool) -> None:
         shards = [shard_records[n] for n in names if n in shard_records]
@@ -381,7 +413,7 @@ def build_shards(
             "movies": len({m for s in shards for m in s["movies"]}),
             "ads": sum(s["ads"] for s in shards),
         }
-        atomic_write_json(out / "manifest.json", manifest)
+        atomic_write_json(out / manifest_name(part), manifest)
 
     jobs = [job for i in todo for job in _jobs_for_shard(i, plan.shards[i])]
     remaining = Counter(i for i, _ in jobs)
@@ -422,14 +454,15 @@ def build_shards(
                 writer.close()
                 writer = None
                 sha = file_sha256(tmp)
-                size = tmp.stat().st_size
                 tmp_ctx.__exit__(None, None, None)  # fsync + rename *.tmp onto the shard name
                 os.chmod(out / names[index], 0o644)
+                st = (out / names[index]).stat()
                 tmp_ctx = None
                 shard_records[names[index]] = {
                     "file": names[index],
                     "samples": shard_stats["samples"],
-                    "bytes": size,
+                    "bytes": st.st_size,
+                    "mtime_ns": st.st_mtime_ns,
                     "sha256": sha,
                     "movies": shard_stats["movies"],
                     "ads": shard_stats["ads"],
@@ -473,19 +506,40 @@ def build_shards(
     }
     manifest["stats"] = stats
     write_manifest(complete=True)
-    atomic_write_json(out / "sizes.json", {n: shard_records[n]["samples"] for n in names})
-    for meta_file in ("manifest.json", "sizes.json"):  # the atomic helper's temp files are private (0600)
+    meta_files = [manifest_name(part)]
+    if part is None:  # a part's sizes go into the merged sizes.json
+        atomic_write_json(out / "sizes.json", {n: shard_records[n]["samples"] for n in names})
+        meta_files.append("sizes.json")
+    for meta_file in meta_files:  # the atomic helper's temp files are private (0600)
         os.chmod(out / meta_file, 0o644)
     summary = _summary_table(stats)
     return BuildResult(str(out), manifest, built, skipped, summary)
 
 
-def source_record(role: str, path: str | os.PathLike, quick: bool = False) -> dict:
-    """A manifest ``sources`` entry for one input file."""
-    return {
-        "role": role,
-        "path": str(path),
-        "bytes": os.path.getsize(path),
-        "sha256": file_sha256(path, quick=quick),
-        "hash": "quick" if quick else "full",
-    }
+def _shard_intact(path: Path, rec: dict | None) -> bool:
+    """Whether a shard of the old manifest is still the one it records: same size and mtime (written by us and not
+    touched since: no re-read of gigabytes on resume), else a full sha256 match."""
+    if rec is None or not path.is_file():
+        return False
+    st = path.stat()
+    if st.st_size != rec["bytes"]:
+        return False
+    return st.st_mtime_ns == rec.get("mtime_ns") or file_sha256(path) == rec["sha256"]
+
+
+def _check_layout(out: Path, part: Part | None) -> None:
+    """Refuse to mix a single-machine build and a build in parts in one folder (one line)."""
+    from distinctad.data.parts import part_manifests
+
+    merged = load_manifest(out)
+    if part is None and part_manifests(out):
+        raise ValueError(f"{out}: holds a build in parts (manifest.p*of*.json); build with --part or use another --out")
+    if part is not None and merged is not None:
+        if "parts" not in merged:
+            raise ValueError(f"{out}: holds a single-machine build (manifest.json); use another --out for parts")
+
+
+def source_record(role: str, path: str | os.PathLike, quick: bool = False, **kwargs) -> dict:
+    """A manifest ``sources`` entry for one input file (:func:`distinctad.data.identity.input_record`; ``quick``
+    is the old name of the default sampled identity and is ignored)."""
+    return input_record(role, path, **kwargs)
