@@ -19,6 +19,7 @@ from distinctad.data.identity import (
 )
 from distinctad.data.parts import Part, assign_parts, parse_part, part_from_env
 from distinctad.data.wds_pipeline import get_wds_loader
+from distinctad.eval.inputs import read_shard_references
 
 
 def _window_args(synth_dir, out, *extra):
@@ -202,6 +203,9 @@ def test_parts_built_apart_and_merged_equal_one_build(synth_dir, tmp_path, capsy
         for batch in data.dataloader:
             keys += [k for k, v in zip(batch["key"], batch["valid"].tolist()) if v]
     assert sorted(keys) == sorted(_samples(one))
+    # ... and so does the eval harness's ground truth
+    refs_parts, refs_one = (read_shard_references(str(d)) for d in (parts, one))
+    assert sorted(refs_parts, key=repr) == sorted(refs_one, key=repr) and len(refs_one) == 60
 
     # A part re-run after the merge with nothing to do leaves the merged set alone; mixing layouts is refused.
     main(_window_args(synth_dir, parts, "--part", "1/3"))
