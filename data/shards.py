@@ -31,11 +31,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import webdataset as wds
 from tqdm import tqdm
 
 from distinctad.common import atomic_path, atomic_write_json
 from distinctad.data.annotations import AD
+from distinctad.data.build_worker import encode_job, init_worker, tar_end
 from distinctad.data.features import FEATURE_FPS, FeatureReader
 from distinctad.data.identity import HashCache, content_identity, input_record, sources_changed
 
@@ -202,9 +202,7 @@ def check_unique_keys(units: list[Unit]) -> None:
             )
 
 
-# ---------------------------------------------------------------- sample encoding (runs in workers)
-
-_WORKER: dict = {}
+# ---------------------------------------------------------------- sample encoding (runs in workers: build_worker.py)
 
 
 def check_inputs(kind: SampleKind, inputs: BuildInputs) -> None:
@@ -212,29 +210,6 @@ def check_inputs(kind: SampleKind, inputs: BuildInputs) -> None:
     for name in kind.required_inputs:
         if getattr(inputs, name) is None:
             raise ValueError(f"{kind.name} shards need {name} (--{name} {INPUTS[name]})")
-
-
-def _init_worker(features_path: str | None, video_dir: str | None, opts: BuildOptions, kind: SampleKind) -> None:
-    # The kind travels with the job (not by name): a kind registered at run time is unknown to a spawned worker.
-    _WORKER.clear()
-    _WORKER["inputs"] = BuildInputs(features=FeatureReader(features_path) if features_path else None, videos=video_dir)
-    _WORKER["opts"] = opts
-    _WORKER["kind"] = kind
-
-
-def _encode_job(job: tuple[int, list[Unit]]) -> tuple[int, list[dict], Counter, int]:
-    """Encode one chunk of one movie; clips that fail to decode are dropped and counted, never fatal."""
-    shard_index, units = job
-    kind: SampleKind = _WORKER["kind"]
-    out, drops = [], Counter()
-    with kind.encoder(units[0].movie, _WORKER["opts"], _WORKER["inputs"]) as encode:
-        for unit in units:
-            try:
-                out.append(encode(unit))
-            except Exception as e:  # a broken clip must not kill a multi-hour build
-                logger.warning("%s: cannot encode sample (%s: %s); dropped", unit.key, type(e).__name__, e)
-                drops["decode error"] += len(unit.ads)
-    return shard_index, out, drops, len(units)
 
 
 # ---------------------------------------------------------------- building
@@ -247,6 +222,15 @@ class BuildResult:
     built: list[str]
     skipped: list[str]
     summary: str
+
+
+def worker_context() -> mp.context.BaseContext:
+    """Where build workers come from: a forkserver that imported only ``build_worker`` (POSIX), else spawn."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["distinctad.data.build_worker"])
+    return ctx
 
 
 def _jobs_for_shard(index: int, units: list[Unit]) -> list[tuple[int, list[Unit]]]:
@@ -420,11 +404,11 @@ def build_shards(
     init_args = (str(features_path) if features_path else None, str(video_dir) if video_dir else None, opts, kind)
     pool = None
     if workers > 0 and jobs:
-        pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=init_args)
-        results = pool.imap(_encode_job, jobs)
+        pool = worker_context().Pool(workers, initializer=init_worker, initargs=(*init_args, os.getpid()))
+        results = pool.imap(encode_job, jobs)
     else:
-        _init_worker(*init_args)
-        results = map(_encode_job, jobs)
+        init_worker(*init_args)
+        results = map(encode_job, jobs)
 
     built: list[str] = []
     writer = tmp_ctx = tmp = None
@@ -432,28 +416,32 @@ def build_shards(
     shard_stats: dict = {}
     bar = tqdm(total=sum(len(u) for _, u in jobs), unit="sample", desc=f"{opts.split} shards", disable=not progress)
     try:
-        for index, samples, drops, n_units in results:
+        for index, blob, n_samples, n_ads, movies_seen, drops, n_units in results:
             if index != current:
                 current = index
                 tmp_ctx = atomic_path(out / names[index])
                 tmp = tmp_ctx.__enter__()
-                # Fixed mtime/owner: identical inputs give byte-identical shards (needed for resumable builds).
-                writer = wds.TarWriter(str(tmp), encoder=False, mtime=0, user="distinctad", group="distinctad")
-                shard_stats = {"samples": 0, "ads": 0, "movies": [], "dropped": Counter()}
-            for sample in samples:
-                writer.write(sample)
-                meta = json.loads(sample["json"])
-                shard_stats["ads"] += kind.num_ads(meta)
-                if meta["movie"] not in shard_stats["movies"]:
-                    shard_stats["movies"].append(meta["movie"])
-            shard_stats["samples"] += len(samples)
+                # Members come as tar bytes with a fixed mtime/owner (build_worker.sample_tar_bytes): identical
+                # inputs give byte-identical shards (needed for resumable builds). Hashed as written.
+                writer = open(tmp, "wb")  # noqa: SIM115 - closed below or in finally
+                digest = hashlib.sha256()
+                shard_stats = {"samples": 0, "ads": 0, "movies": [], "dropped": Counter(), "offset": 0}
+            writer.write(blob)
+            digest.update(blob)
+            shard_stats["offset"] += len(blob)
+            shard_stats["ads"] += n_ads
+            shard_stats["movies"] += [m for m in movies_seen if m not in shard_stats["movies"]]
+            shard_stats["samples"] += n_samples
             shard_stats["dropped"].update(drops)
             bar.update(n_units)
             remaining[index] -= 1
             if remaining[index] == 0:
+                end = tar_end(shard_stats["offset"])
+                writer.write(end)
+                digest.update(end)
                 writer.close()
                 writer = None
-                sha = file_sha256(tmp)
+                sha = digest.hexdigest()
                 tmp_ctx.__exit__(None, None, None)  # fsync + rename *.tmp onto the shard name
                 os.chmod(out / names[index], 0o644)
                 st = (out / names[index]).stat()

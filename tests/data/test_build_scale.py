@@ -225,3 +225,103 @@ def test_merge_names_missing_and_mismatched_parts(synth_dir, tmp_path):
     main(_window_args(synth_dir, out, "--part", "2/3"))
     with pytest.raises(SystemExit, match=r"manifest.p001of003.json: options differs from part 0"):
         main(["merge", str(out)])
+
+
+# ---------------------------------------------------------------- workers
+
+
+def test_worker_tar_bytes_equal_webdataset_tarwriter(tmp_path):
+    import webdataset as wds
+
+    from distinctad.data.build_worker import sample_tar_bytes, tar_end
+
+    samples = [
+        {
+            "__key__": "m%C3%A9__000000",
+            "json": b'{"sentence": "caf\\u00e9"}',
+            "txt": "caf\u00e9".encode(),
+            "feats.npy": b"x" * 700,
+        },
+        {"__key__": "m__000001", "json": b"{}", "00.jpg": bytes(range(256)) * 41, "_skip": b"meta"},
+    ]
+    with open(tmp_path / "ref.tar", "wb") as f:
+        writer = wds.TarWriter(f, encoder=False, mtime=0, user="distinctad", group="distinctad")
+        for s in samples:
+            writer.write(s)
+        writer.close()
+    body = b"".join(sample_tar_bytes(s) for s in samples)
+    assert body + tar_end(len(body)) == (tmp_path / "ref.tar").read_bytes()
+    assert len(tar_end(len(body))) + len(body) == (tmp_path / "ref.tar").stat().st_size
+
+
+_SLOW_KIND_SCRIPT = """
+import contextlib, os, sys, time
+from pathlib import Path
+from distinctad.data.annotations import AD
+from distinctad.data import kinds
+from distinctad.data.shards import BuildOptions, build_shards
+
+PIDS = Path(sys.argv[2])
+
+@contextlib.contextmanager
+def slow_encoder(movie, opts, inputs):
+    (PIDS / str(os.getpid())).touch()
+    def encode(unit):
+        time.sleep(60)
+    yield encode
+
+def select(movie, ads, opts, inputs):
+    return ads, ""
+
+def size(opts, dim):
+    return 100
+
+def one(meta):
+    return 1
+
+kinds.register_kind(kinds.SampleKind(
+    name="slow", help="sleeps", inputs=(), required_inputs=(), select=select, units=kinds.window_units,
+    estimate_bytes=size, encoder=slow_encoder, num_ads=one, decode=None, collate=None))
+
+if __name__ == "__main__":
+    by_movie = {m: [AD(m, i, float(i), i + 1.0, "x") for i in range(4)] for m in ("a", "b", "c", "d")}
+    build_shards(sys.argv[1], by_movie, BuildOptions(kind="slow", window=1, maxcount=4), workers=2, progress=False)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_workers_die_with_a_killed_build(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script, pids = tmp_path / "slow_build.py", tmp_path / "pids"
+    script.write_text(_SLOW_KIND_SCRIPT)
+    pids.mkdir()
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "out"), str(pids)])
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        workers = [int(p.name) for p in pids.iterdir()]
+        assert len(workers) == 2 and all(_alive(w) for w in workers)
+        with open(f"/proc/{workers[0]}/stat") as f:
+            server = int(f.read().rsplit(")", 1)[1].split()[1])  # the forkserver, the workers' parent
+        assert server != proc.pid and _alive(server)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in [*workers, server]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in [*workers, server] if _alive(p)]
