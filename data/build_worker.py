@@ -97,12 +97,20 @@ def _die_with(build_pid: int) -> None:
     threading.Thread(target=watch, name="distinctad-orphan-watchdog", daemon=True).start()
 
 
-def init_worker(features_path, video_dir, opts, kind, build_pid: int | None = None) -> None:
-    """Pool initializer (and the in-process setup when ``--workers 0``): the inputs of one build."""
+def init_worker(features_path, video_dir, opts, kind, build_pid: int | None = None, workers: int = 0) -> None:
+    """Pool initializer (and the in-process setup when ``--workers 0``): the inputs of one build.
+
+    With ``workers`` processes each film decoder gets ``cores // workers`` threads (at least one), so that the
+    decoders of all workers add up to the cores; in-process (``workers`` 0) FFmpeg uses every core.
+    """
     # The kind travels with the job (not by name): a kind registered at run time is unknown to a spawned worker.
     if build_pid is not None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the build, which stops its workers
         _die_with(build_pid)
+    if video_dir:
+        from distinctad.data.video import set_decoder_threads, usable_cores
+
+        set_decoder_threads(max(1, usable_cores() // workers) if workers else 0)
     _WORKER.clear()
     _WORKER["inputs"] = BuildInputs(features=FeatureReader(features_path) if features_path else None, videos=video_dir)
     _WORKER["opts"] = opts

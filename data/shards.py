@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-BUILDER_VERSION = "1.0.0"
+BUILDER_VERSION = "1.1.0"  # 1.1: frames are resized by libswscale (video.frame_to_image), not PIL
 CHUNK_UNITS = 128  # samples per worker job: bounds the bytes a worker sends back at once
 QUICK_HASH_BYTES = 16 << 20
 
@@ -404,7 +404,7 @@ def build_shards(
     init_args = (str(features_path) if features_path else None, str(video_dir) if video_dir else None, opts, kind)
     pool = None
     if workers > 0 and jobs:
-        pool = worker_context().Pool(workers, initializer=init_worker, initargs=(*init_args, os.getpid()))
+        pool = worker_context().Pool(workers, initializer=init_worker, initargs=(*init_args, os.getpid(), workers))
         results = pool.imap(encode_job, jobs)
     else:
         init_worker(*init_args)
