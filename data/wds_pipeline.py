@@ -3,7 +3,7 @@
 Pipeline (training, non-resampled)::
 
     SimpleShardList → detshuffle(seed, epoch) → split_by_node → split_by_worker → repeat
-        → tar expansion (nothrow, logged + counted) → shuffle(seed, epoch, rank, worker) → safe decode
+        → tar expansion (``tarstream.py``; nothrow, logged + counted) → shuffle(seed, epoch, rank, worker) → safe decode
         → batched(B) → take(batches per worker, skip)
 
 - **Same batch count on every rank.** In training each worker repeats its shard list, so it never runs dry, and
@@ -42,6 +42,7 @@ import webdataset as wds
 from distinctad.data.decode import SampleDecoder
 from distinctad.data.kinds import ReadOptions, SampleKind, get_kind
 from distinctad.data.shardlist import expand_shards, manifest_info, shard_sizes
+from distinctad.data.tarstream import tar_samples
 
 logger = logging.getLogger(__name__)
 
@@ -394,7 +395,7 @@ def get_wds_loader(
         num_samples = num_batches * global_batch
         stages = [
             source,
-            wds.tarfile_to_samples(handler=handler),
+            tar_samples(handler),
             _seeded_shuffle(
                 placement,
                 seed,
@@ -409,7 +410,7 @@ def get_wds_loader(
         if resampled:
             raise ValueError("resampled=True is for training; eval must see every sample once")
         source = _shard_stream(urls, placement, shuffle=False, repeat=False, seed=seed)
-        stages = [source, wds.tarfile_to_samples(handler=handler), wds.map(decoder, handler=handler)]
+        stages = [source, tar_samples(handler), wds.map(decoder, handler=handler)]
         sizes = dict(zip(urls, shard_sizes(urls)))
         num_samples = sum(sizes.values()) if num_samples is None else num_samples
         if pad_eval:
