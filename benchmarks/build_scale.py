@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+PROC = Path("/proc")  # Linux process information
 SECTIONS = ("hash", "features", "workers", "film", "parts")
 
 
@@ -167,7 +168,7 @@ def bench_features(work: Path, args) -> None:
 def _private_mb(pid: int) -> tuple[float, float]:
     """(RSS, USS) of a process in MB, from /proc (USS: the memory only it holds)."""
     rss = uss = 0
-    with open(f"/proc/{pid}/smaps_rollup") as f:
+    with open(PROC / str(pid) / "smaps_rollup") as f:
         for line in f:
             key, value = line.split(":", 1)
             if key == "Rss":
@@ -206,7 +207,7 @@ def bench_workers(work: Path, args) -> None:
     from distinctad.data.build_worker import init_worker
 
     opts = BuildOptions(kind="window", maxcount=64)
-    if os.path.isdir("/proc/self"):
+    if (PROC / "self").is_dir():
         spawn_s, spawn_mem = _pool_cost(mp.get_context("spawn"), _import_webdataset, ())
         init_args = (None, None, opts, get_kind("window"), os.getpid(), 2)
         fs_s, fs_mem = _pool_cost(worker_context(), init_worker, init_args)

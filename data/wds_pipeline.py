@@ -96,9 +96,11 @@ PAD = {"__pad__": True}
 
 
 # Batch arrays at least this big cross from a loader worker as shared memory (a tensor), smaller ones as pickled
-# numpy. Each shared tensor costs the main process a file-descriptor hand-over (~1 ms on 2 cores), more than
-# piping a window batch's 1 MB; a frames batch (tens of MB) is far cheaper in shared memory.
-_SHM_MIN_BYTES = _env_int("DISTINCTAD_SHM_MIN_BYTES", 4 << 20)
+# numpy. Each shared tensor costs the main process a file-descriptor hand-over (~1 ms on 2 cores), but piping 1 MB
+# (a window batch of 8 at D=512) through a 64 KiB pipe costs more once the cores are busy: on the MAD-size set
+# (benchmarks/loader_throughput.py --mad-size 0.25, load ~5 on 2 cores) 1 and 2 workers read 1,066 and 1,030
+# windows/s pickled against 1,838-2,626 and 2,712-2,973 in shared memory. Masks and ids stay pickled.
+_SHM_MIN_BYTES = _env_int("DISTINCTAD_SHM_MIN_BYTES", 256 << 10)
 
 
 def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

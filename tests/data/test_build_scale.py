@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -254,6 +255,7 @@ def test_worker_tar_bytes_equal_webdataset_tarwriter(tmp_path):
     assert len(tar_end(len(body))) + len(body) == (tmp_path / "ref.tar").stat().st_size
 
 
+PROC = Path("/proc")  # Linux process information
 _SLOW_KIND_SCRIPT = """
 import contextlib, os, sys, time
 from pathlib import Path
@@ -291,14 +293,14 @@ if __name__ == "__main__":
 
 def _alive(pid: int) -> bool:
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(PROC / str(pid) / "stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
     except FileNotFoundError:
         return False
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+@pytest.mark.skipif(not (PROC / "self").is_dir(), reason="reads /proc")
 def test_workers_die_with_a_killed_build(tmp_path):
     import signal
     import subprocess
@@ -315,7 +317,7 @@ def test_workers_die_with_a_killed_build(tmp_path):
             time.sleep(0.1)
         workers = [int(p.name) for p in pids.iterdir()]
         assert len(workers) == 2 and all(_alive(w) for w in workers)
-        with open(f"/proc/{workers[0]}/stat") as f:
+        with open(PROC / str(workers[0]) / "stat") as f:
             server = int(f.read().rsplit(")", 1)[1].split()[1])  # the forkserver, the workers' parent
         assert server != proc.pid and _alive(server)
     finally:
