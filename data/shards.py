@@ -4,13 +4,16 @@ Design choices, and why:
 - **Deterministic plan.** Which samples go into which shard is a pure function of (movie list, annotations,
   feature/video lengths, options): movies are taken in sorted order, their samples in AD order, and cut into
   shards of ``maxcount`` samples. Tars are written with a fixed mtime/owner, so the same inputs give the same
-  bytes. This is what makes builds resumable: a shard whose file still has the sha256 recorded in the manifest
-  is skipped, and deleting one shard and re-running rebuilds exactly that one.
+  bytes. This is what makes builds resumable: a shard whose file is still the one recorded in the manifest (same
+  size and mtime, else same sha256) is skipped, and deleting one shard and re-running rebuilds exactly that one.
+  Inputs enter the plan by their cheap identity (``identity.py``), so the hashing mode never forces a rebuild.
 - **Atomic shards.** Each shard is written to a temporary ``*.tmp`` sibling and renamed when complete, and the
   manifest is rewritten (atomically) after every finished shard, so a crash never leaves a half shard that
   looks finished.
-- **Parallel over movies.** Workers decode video / read features and JPEG-encode one movie chunk each; the main
-  process only appends ready bytes to the tar, in plan order.
+- **Parallel over movies.** Workers (``build_worker.py``) decode video / read features and JPEG-encode one movie
+  chunk each, and send it back as ready tar bytes; the main process only appends them to the shard and feeds its
+  running sha256, in plan order.
+- **Split across machines.** ``part`` builds one part of the movies (``parts.py``); ``merge`` joins the parts.
 - **Kind-agnostic.** What a sample is (which ADs, how it is encoded) comes from its kind in ``kinds.py``; this
   module only plans, shards, writes, hashes and resumes.
 
