@@ -8,6 +8,8 @@ reworked). Three things keep it down (measured by ``benchmarks/build_scale.py``)
 - each AD either seeks to the keyframe before it or decodes on from the previous AD, whichever decodes fewer
   frames: seeking costs on average half a GOP of decoding, so ADs closer than one GOP (:func:`keyframe_interval`,
   probed per film from its index) to where decoding stands are reached linearly;
+- frames far (> 2 margins, :data:`SKIP_MARGIN_S`) before a clip's first target are decoded with
+  ``skip_frame="NONREF"``: non-reference frames (about half of an H.264 stream) are not decoded there at all;
 - decoder threads per film are the cores divided by the build's workers (:func:`set_decoder_threads`), so that
   ``--workers`` processes never oversubscribe the machine.
 """
@@ -28,6 +30,10 @@ VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm")
 LINEAR_GOPS = 1.0
 """Decode on (rather than seek) when the next AD starts within this many GOPs of where decoding stands: the measured
 crossover is about one GOP (~9-10 s at GOP 250, 25 fps; our benchmark)."""
+SKIP_MARGIN_S = 1.0
+"""Frames further than twice the margin before a clip are decoded with ``skip_frame="NONREF"`` (non-reference
+frames, about half of an H.264 stream, are never on screen at a target there); the margin is at least this many
+seconds and at least the decoder's delay (16 reordered frames + one per thread)."""
 RESIZE_INTERPOLATION = "BICUBIC"
 """libswscale filter of the short-side resize (bicubic, as the PIL resize it replaced)."""
 _DECODER_THREADS = 0  # 0: FFmpeg's own choice (one per core)
@@ -168,7 +174,11 @@ class VideoClipReader:
         self._frames = None  # the decode iterator, positioned after _pending
         self._prev = None  # the last decoded frame at or before the previous clip's last target
         self._pending = None  # the first decoded frame after it
-        self.seeks = self.linear = 0
+        self._skipping = False  # skip_frame is NONREF
+        threads = self.stream.codec_context.thread_count or usable_cores() + 1
+        fps = float(self.stream.average_rate or 25)
+        self.skip_margin = max(SKIP_MARGIN_S, (16 + threads) / fps)
+        self.seeks = self.linear = self.decoded = 0  # choices made, frames the decoder gave
 
     def __enter__(self) -> VideoClipReader:
         return self
@@ -189,6 +199,11 @@ class VideoClipReader:
         here = self._ts(self._pending) if self._pending is not None else self._ts(self._prev)
         return start - here <= self.linear_gops * self.gop_s
 
+    def _skip_nonref(self, skip: bool) -> None:
+        if skip != self._skipping:
+            self.stream.codec_context.skip_frame = "NONREF" if skip else "DEFAULT"
+            self._skipping = skip
+
     def frames(self, start: float, end: float, t: int = 8) -> list:
         """The ``t`` decoded frames (``av.VideoFrame``) on screen at :func:`frame_times` of [start, end].
 
@@ -204,6 +219,7 @@ class VideoClipReader:
             prev, ahead = self._prev, [self._pending] if self._pending is not None else []
         else:
             self.seeks += 1
+            self._skip_nonref(False)
             tb = self.stream.time_base
             self.container.seek(max(0, int(start / tb)), stream=self.stream, backward=True, any_frame=False)
             self._frames = self.container.decode(self.stream)
@@ -211,8 +227,13 @@ class VideoClipReader:
         self._pending = None
         picked: list = [None] * t
         i = 0
+        # Packets sent while skipping show before (this frame + the decoder's delay) < targets[0] - margin, so every
+        # frame from targets[0] - margin on, and with it the one on screen at targets[0], is decoded.
+        far = float(targets[0]) - 2 * self.skip_margin
         for frame in itertools.chain(ahead, self._frames):
             ts = self._ts(frame)
+            self.decoded += frame is not self._pending
+            self._skip_nonref(ts < far)
             while i < t and ts > targets[i]:
                 picked[i] = prev if prev is not None else frame
                 i += 1

@@ -8,6 +8,7 @@ import av
 import numpy as np
 import pytest
 
+from distinctad.data import video
 from distinctad.data.video import VideoClipReader, frame_times, keyframe_interval, short_side_size
 
 FPS, GOP = 10, 20  # a keyframe every 2 s
@@ -39,7 +40,7 @@ def test_keyframe_interval_is_probed_from_the_index(film):
     assert keyframe_interval(film) == pytest.approx(GOP / FPS)
 
 
-def test_seek_and_decode_on_pick_the_same_frames(film):
+def test_seek_and_decode_on_pick_the_same_frames(film, monkeypatch):
     # dense ADs (0.5 s apart: decoded on), overlapping ones (must seek back) and sparse ones (seek ahead)
     ads = [(1.0, 1.4), (1.9, 2.7), (2.3, 3.1), (3.05, 3.3), (12.0, 13.0), (13.2, 13.9), (27.0, 29.95)]
     # hand-computed: the frame on screen at each target is floor(target * fps)
@@ -52,6 +53,17 @@ def test_seek_and_decode_on_pick_the_same_frames(film):
     assert runs["seek"][1:] == (6, 1)  # (3.05, 3.3) starts before the frame decoding already stands at (3.1 s)
     assert runs["linear"][1:] == (2, 5)  # the first clip and the overlapping one (2.3 < 2.7) seek
     assert runs["probed"][1:] == (4, 3)  # ... and the two more than one GOP (2 s) ahead: 12.0 and 27.0
+
+    # Decoding on far ahead of a clip skips non-reference frames (B-frames here) and still picks the same frames.
+    with VideoClipReader(film, 16, gop_s=math.inf, threads=1) as r:
+        assert _indices(r, ads) == expect
+        skipping = r.decoded
+    monkeypatch.setattr(video, "SKIP_MARGIN_S", 1e9)  # never far enough: every frame decoded
+    with VideoClipReader(film, 16, gop_s=math.inf, threads=1) as r:
+        assert _indices(r, ads) == expect
+        everything = r.decoded
+    # every frame once (300) plus the ~1 s decoded again after seeking back for the overlapping clip
+    assert 30 * FPS <= everything <= 30 * FPS + 2 * FPS and skipping < everything - 40, (skipping, everything)
 
 
 def test_frames_are_resized_by_swscale_keeping_the_aspect(film):
