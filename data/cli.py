@@ -7,6 +7,8 @@ Examples::
         --kind window --split-file work/synthmad/splits.json --split-key TRAIN --split train --out work/shards/win
     distinctad-shards build --annotations data/assets/madeval_anno.csv --kind window --split eval \\
         --out work/shards/madeval-text
+    distinctad-shards build ... --part 3/8 --out work/shards/win      # on 8 machines, I = 0..7 (or --part auto)
+    distinctad-shards merge work/shards/win
     distinctad-shards verify work/shards/win
     distinctad-shards inspect work/shards/win -n 2
 """
@@ -22,7 +24,9 @@ from pathlib import Path
 
 from distinctad.common import init_logger
 from distinctad.data import annotations
+from distinctad.data.identity import VERIFY_MODES
 from distinctad.data.kinds import INPUTS, KINDS, get_kind, kinds_help
+from distinctad.data.parts import PART_HELP
 from distinctad.data.paths import check_dir, check_file, check_output_dir, check_shards
 
 logger = logging.getLogger("distinctad.data.cli")
@@ -103,10 +107,15 @@ def _add_build(sub) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--workers", type=int, default=0, help="Encoding processes (0 = in the main process).")
     g.add_argument(
-        "--quick-hash",
-        action="store_true",
-        help="Hash large sources by size + first/last 16 MiB instead of reading them fully.",
+        "--verify-inputs",
+        choices=VERIFY_MODES,
+        default="sampled",
+        help="How inputs are identified. sampled (default): size + mtime + sha256 of 64 blocks of 64 KiB per file, "
+        "with full hashes cached beside the manifest; full: re-read and sha256 every input in full on every run. "
+        "Switching modes never rebuilds a shard whose content is unchanged.",
     )
+    g.add_argument("--quick-hash", action="store_true", help=argparse.SUPPRESS)  # old flag: sampled is the default
+    g.add_argument("--part", default=None, metavar="I/N", help=PART_HELP)
     g.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
 
 
@@ -132,10 +141,18 @@ def check_build_paths(args: argparse.Namespace) -> None:
 def cmd_build(args: argparse.Namespace) -> int:
     from distinctad.data.curation import curate, load_duration_reference, load_movie_list, load_split
     from distinctad.data.features import FeatureReader
+    from distinctad.data.identity import HashCache
+    from distinctad.data.parts import assign_parts, assignment_hash, parse_part
     from distinctad.data.shards import BuildOptions, build_shards, source_record
     from distinctad.data.video import find_video
 
     check_build_paths(args)
+    part = parse_part(args.part) if args.part else None
+    cache = HashCache(args.out, f"input-hashes.{part.tag}.json" if part else None)
+
+    def source(role: str, path: str) -> dict:
+        return source_record(role, path, mode=args.verify_inputs, cache=cache)
+
     kind = get_kind(args.kind)
     given = {name: getattr(args, name) for name in INPUTS}
     for name in kind.required_inputs:
@@ -172,7 +189,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     except annotations.MissingColumnError as e:
         raise ValueError(e.message("--columns")) from None
     by_movie = anns.by_movie()
-    sources = [source_record("annotations", args.annotations)]
+    sources = [source("annotations", args.annotations)]
     pre_drops: dict[str, tuple[int, int]] = {}
     bad = Counter(i.action for i in anns.issues)
     if bad.get("dropped"):
@@ -183,7 +200,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     include = None
     if args.split_file:
         include = load_split(args.split_file, args.split_key)
-        sources.append(source_record("split-file", args.split_file))
+        sources.append(source("split-file", args.split_file))
     if args.include:
         listed = load_movie_list(args.include)
         include = listed if include is None else [m for m in include if m in set(listed)]
@@ -191,12 +208,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     for spec in args.exclude:
         exclude += load_movie_list(spec)
         if not spec.startswith("preset:"):
-            sources.append(source_record("exclude-list", spec))
+            sources.append(source("exclude-list", spec))
     features = FeatureReader(args.features) if args.features else None
     reference = durations = None
     if args.duration_ref:
         reference = load_duration_reference(args.duration_ref, unit=args.duration_unit, imdb_map=args.imdb_map)
-        sources.append(source_record("duration-reference", args.duration_ref))
+        sources.append(source("duration-reference", args.duration_ref))
         durations = {}
         for movie, ads in by_movie.items():
             d = ads[0].movie_duration
@@ -215,13 +232,22 @@ def cmd_build(args: argparse.Namespace) -> int:
     for reason in sorted(set(report.dropped.values())):
         ms = [m for m, r in report.dropped.items() if r == reason]
         pre_drops[reason] = (len(ms), sum(len(by_movie[m]) for m in ms))
+    movies, assignment = report.kept, None
+    if part is not None:
+        # Every part computes the same assignment from the same annotations and curation (parts.assign_parts).
+        owner = assign_parts({m: len(by_movie[m]) for m in report.kept}, part.count)
+        assignment = assignment_hash(owner, part.count)
+        movies = [m for m in report.kept if owner[m] == part.index]
+        logger.info("part %d/%d: %d of %d movies", part.index, part.count, len(movies), len(report.kept))
+        if part.index:  # curation drops are counted once, by part 0, so merged totals add up
+            pre_drops = {}
     if args.features:
-        sources.append(source_record("features", args.features, quick=args.quick_hash))
+        sources.append(source("features", args.features))
     if args.videos:
-        for movie in report.kept:
+        for movie in movies:  # a part identifies its own films only
             video = find_video(args.videos, movie)
             if video is not None:
-                sources.append(source_record(f"video:{movie}", video, quick=args.quick_hash))
+                sources.append(source(f"video:{movie}", video))
     curation = {
         "include": None if include is None else len(include),
         "exclude": sorted(set(exclude)),
@@ -234,7 +260,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         args.out,
         by_movie,
         opts,
-        movies=report.kept,
+        movies=movies,
         features_path=args.features,
         video_dir=args.videos,
         sources=sources,
@@ -242,7 +268,11 @@ def cmd_build(args: argparse.Namespace) -> int:
         pre_drops=pre_drops,
         workers=args.workers,
         progress=not args.no_progress,
+        part=part,
+        part_assignment=assignment,
+        hash_cache=cache,
     )
+    cache.save()
     print(result.summary)
     if report.duration_flags:
         print(
@@ -253,6 +283,20 @@ def cmd_build(args: argparse.Namespace) -> int:
     print(
         f"built {len(result.built)} shard(s), skipped {len(result.skipped)} complete one(s); "
         f"{totals['samples']} samples, {totals['bytes'] / 1e6:.1f} MB in {result.out_dir}"
+        + (f" (part {part.index}/{part.count}; run `distinctad-shards merge` after the last part)" if part else "")
+    )
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from distinctad.data.parts import merge_parts
+
+    check_dir("DIR", args.dir, "shard folder")
+    m = merge_parts(args.dir)
+    t = m["totals"]
+    print(
+        f"merged {m['parts']['count']} parts: {t['shards']} shards, {t['samples']} samples, {t['ads']} ADs of "
+        f"{t['movies']} movies, {t['bytes'] / 1e6:.1f} MB in {args.dir} (manifest.json, sizes.json)"
     )
     return 0
 
@@ -333,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", help="Logging level (DEBUG, INFO, WARNING).")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_build(sub)
+    p = sub.add_parser("merge", help="Make the parts of a --part I/N build one shard set (manifest.json + sizes.json).")
+    p.add_argument("dir", help="Folder holding every part's shards and manifest.pIIIofNNN.json.")
     p = sub.add_parser("verify", help="Re-hash shards against manifest.json; non-zero exit on any problem.")
     p.add_argument("dir", help="Shard folder holding manifest.json.")
     p.add_argument("--deep", action="store_true", help="Also read every tar member list.")
@@ -362,7 +408,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``distinctad-shards``; returns the exit code (verify: 1 when a shard is bad)."""
     args = build_parser().parse_args(argv)
     init_logger(args.log_level.upper())
-    commands = {"build": cmd_build, "verify": cmd_verify, "inspect": cmd_inspect, "synth": cmd_synth}
+    commands = {
+        "build": cmd_build,
+        "merge": cmd_merge,
+        "verify": cmd_verify,
+        "inspect": cmd_inspect,
+        "synth": cmd_synth,
+    }
     try:
         code = commands[args.command](args)
     except (ValueError, OSError) as e:

@@ -31,12 +31,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from distinctad.data.annotations import AD
 
 if TYPE_CHECKING:
+    import torch
+
     from distinctad.data.features import FeatureReader
     from distinctad.data.shards import BuildOptions
 
@@ -82,7 +83,9 @@ class ReadOptions:
     """Frames: callable applied to each PIL frame (default :func:`to_tensor`)."""
 
 
-EmptyTensor = Callable[[tuple[int, ...], torch.dtype], torch.Tensor]
+EmptyTensor = Callable[[tuple[int, ...], "torch.dtype"], "torch.Tensor"]
+# torch is imported inside the read-side hooks only: the shard builder's worker processes import this module, and
+# importing torch costs each of them ~2.5 s and ~0.4 GB (benchmarks/build_scale.py).
 
 
 @dataclass(frozen=True)
@@ -219,6 +222,8 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
 
     The crop makes frames of differently shaped videos stackable; real training passes open_clip's preprocess.
     """
+    import torch
+
     w, h = img.size
     s = min(w, h)
     img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
@@ -321,6 +326,8 @@ def _window_decode(s: dict, meta: dict, key: str, read: ReadOptions) -> dict:
 
 
 def _window_collate(samples: list[dict | None], read: ReadOptions, state: dict, empty: EmptyTensor) -> dict:
+    import torch
+
     B, N = len(samples), read.window
     real = [s for s in samples if s is not None]
     with_feats = [s for s in real if s["feats"] is not None]
@@ -442,6 +449,8 @@ def _frames_num_ads(meta: dict) -> int:
 
 
 def _frames_decode(s: dict, meta: dict, key: str, read: ReadOptions) -> dict:
+    import torch
+
     frames = [s.get(f"{i:02d}.jpg") for i in range(read.num_frames)]
     if any(f is None for f in frames):
         raise ValueError(f"{key}: expected {read.num_frames} frames 00.jpg..{read.num_frames - 1:02d}.jpg")
@@ -450,6 +459,8 @@ def _frames_decode(s: dict, meta: dict, key: str, read: ReadOptions) -> dict:
 
 
 def _frames_collate(samples: list[dict | None], read: ReadOptions, state: dict, empty: EmptyTensor) -> dict:
+    import torch
+
     real = [s for s in samples if s is not None]
     if real:  # padding rows copy the shape of real ones
         state["pad_image"] = torch.zeros_like(real[0]["images"])  # (T, 3, H, W)

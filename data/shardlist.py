@@ -12,8 +12,6 @@ import logging
 import os
 from pathlib import Path
 
-import webdataset as wds
-
 from distinctad.common import warn_once
 
 logger = logging.getLogger(__name__)
@@ -22,6 +20,13 @@ logger = logging.getLogger(__name__)
 def is_remote(url: str) -> bool:
     """Whether a shard URL is read by webdataset's own openers (``pipe:``, ``s3://``...) rather than from disk."""
     return url.startswith("pipe:") or "://" in url
+
+
+def _expand_urls(spec: str) -> list[str]:
+    # webdataset imports torch (~2.5 s): imported on use, so the shard builder's CLI and workers start light.
+    import webdataset as wds
+
+    return wds.shardlists.expand_urls(spec)
 
 
 def expand_shards(shards: str | list[str]) -> list[str]:
@@ -33,9 +38,9 @@ def expand_shards(shards: str | list[str]) -> list[str]:
     elif os.path.isdir(shards):
         urls = [str(p) for p in sorted(Path(shards).glob("*.tar"))]
     elif any(c in shards for c in "*?[") and not is_remote(shards):
-        urls = sorted(p for pattern in wds.shardlists.expand_urls(shards) for p in glob.glob(pattern))
+        urls = sorted(p for pattern in _expand_urls(shards) for p in glob.glob(pattern))
     else:
-        urls = wds.shardlists.expand_urls(shards)
+        urls = _expand_urls(shards)
     if not urls:
         raise ValueError(f"no shards found in {shards!r}")
     return urls

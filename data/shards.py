@@ -4,13 +4,16 @@ Design choices, and why:
 - **Deterministic plan.** Which samples go into which shard is a pure function of (movie list, annotations,
   feature/video lengths, options): movies are taken in sorted order, their samples in AD order, and cut into
   shards of ``maxcount`` samples. Tars are written with a fixed mtime/owner, so the same inputs give the same
-  bytes. This is what makes builds resumable: a shard whose file still has the sha256 recorded in the manifest
-  is skipped, and deleting one shard and re-running rebuilds exactly that one.
+  bytes. This is what makes builds resumable: a shard whose file is still the one recorded in the manifest (same
+  size and mtime, else same sha256) is skipped, and deleting one shard and re-running rebuilds exactly that one.
+  Inputs enter the plan by their cheap identity (``identity.py``), so the hashing mode never forces a rebuild.
 - **Atomic shards.** Each shard is written to a temporary ``*.tmp`` sibling and renamed when complete, and the
   manifest is rewritten (atomically) after every finished shard, so a crash never leaves a half shard that
   looks finished.
-- **Parallel over movies.** Workers decode video / read features and JPEG-encode one movie chunk each; the main
-  process only appends ready bytes to the tar, in plan order.
+- **Parallel over movies.** Workers (``build_worker.py``) decode video / read features and JPEG-encode one movie
+  chunk each, and send it back as ready tar bytes; the main process only appends them to the shard and feeds its
+  running sha256, in plan order.
+- **Split across machines.** ``part`` builds one part of the movies (``parts.py``); ``merge`` joins the parts.
 - **Kind-agnostic.** What a sample is (which ADs, how it is encoded) comes from its kind in ``kinds.py``; this
   module only plans, shards, writes, hashes and resumes.
 
@@ -29,13 +32,15 @@ import os
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import webdataset as wds
 from tqdm import tqdm
 
 from distinctad.common import atomic_path, atomic_write_json
 from distinctad.data.annotations import AD
+from distinctad.data.build_worker import encode_job, init_worker, tar_end
 from distinctad.data.features import FEATURE_FPS, FeatureReader
+from distinctad.data.identity import HashCache, content_identity, input_record, sources_changed
 
 # npy_bytes, sample_key, window_meta, window_units stay public here: train/tools/extract.py writes window shards
 # with the builder's own code.
@@ -51,9 +56,12 @@ from distinctad.data.kinds import (  # noqa: F401
     window_units,
 )
 
+if TYPE_CHECKING:
+    from distinctad.data.parts import Part
+
 logger = logging.getLogger(__name__)
 
-BUILDER_VERSION = "1.0.0"
+BUILDER_VERSION = "1.1.0"  # 1.1: frames are resized by libswscale (video.frame_to_image), not PIL
 CHUNK_UNITS = 128  # samples per worker job: bounds the bytes a worker sends back at once
 QUICK_HASH_BYTES = 16 << 20
 
@@ -98,12 +106,19 @@ class BuildOptions:
             raise ValueError(f"split name must be non-empty without '-' or '/', got {self.split!r}")
 
 
-def shard_name(split: str, index: int) -> str:
-    return f"{split}-{index:06d}.tar"
+def shard_name(split: str, index: int, part: Part | None = None) -> str:
+    """``{split}-{index:06d}.tar``; a part's shards carry its tag: ``{split}-p003of008-{index:06d}.tar``."""
+    return f"{split}-{index:06d}.tar" if part is None else f"{split}-{part.tag}-{index:06d}.tar"
+
+
+def manifest_name(part: Part | None = None) -> str:
+    """``manifest.json``; a part's own manifest is ``manifest.p003of008.json`` (merged by ``merge``)."""
+    return "manifest.json" if part is None else f"manifest.{part.tag}.json"
 
 
 def file_sha256(path: str | os.PathLike, quick: bool = False) -> str:
-    """sha256 of a file; ``quick`` hashes size + first and last 16 MiB (for multi-GB sources)."""
+    """sha256 of a file; ``quick`` hashes size + first and last 16 MiB (kept for old callers; inputs of a build are
+    identified by :mod:`distinctad.data.identity`)."""
     h = hashlib.sha256()
     size = os.path.getsize(path)
     with open(path, "rb") as f:
@@ -190,9 +205,7 @@ def check_unique_keys(units: list[Unit]) -> None:
             )
 
 
-# ---------------------------------------------------------------- sample encoding (runs in workers)
-
-_WORKER: dict = {}
+# ---------------------------------------------------------------- sample encoding (runs in workers: build_worker.py)
 
 
 def check_inputs(kind: SampleKind, inputs: BuildInputs) -> None:
@@ -200,29 +213,6 @@ def check_inputs(kind: SampleKind, inputs: BuildInputs) -> None:
     for name in kind.required_inputs:
         if getattr(inputs, name) is None:
             raise ValueError(f"{kind.name} shards need {name} (--{name} {INPUTS[name]})")
-
-
-def _init_worker(features_path: str | None, video_dir: str | None, opts: BuildOptions, kind: SampleKind) -> None:
-    # The kind travels with the job (not by name): a kind registered at run time is unknown to a spawned worker.
-    _WORKER.clear()
-    _WORKER["inputs"] = BuildInputs(features=FeatureReader(features_path) if features_path else None, videos=video_dir)
-    _WORKER["opts"] = opts
-    _WORKER["kind"] = kind
-
-
-def _encode_job(job: tuple[int, list[Unit]]) -> tuple[int, list[dict], Counter, int]:
-    """Encode one chunk of one movie; clips that fail to decode are dropped and counted, never fatal."""
-    shard_index, units = job
-    kind: SampleKind = _WORKER["kind"]
-    out, drops = [], Counter()
-    with kind.encoder(units[0].movie, _WORKER["opts"], _WORKER["inputs"]) as encode:
-        for unit in units:
-            try:
-                out.append(encode(unit))
-            except Exception as e:  # a broken clip must not kill a multi-hour build
-                logger.warning("%s: cannot encode sample (%s: %s); dropped", unit.key, type(e).__name__, e)
-                drops["decode error"] += len(unit.ads)
-    return shard_index, out, drops, len(units)
 
 
 # ---------------------------------------------------------------- building
@@ -235,6 +225,15 @@ class BuildResult:
     built: list[str]
     skipped: list[str]
     summary: str
+
+
+def worker_context() -> mp.context.BaseContext:
+    """Where build workers come from: a forkserver that imported only ``build_worker`` (POSIX), else spawn."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["distinctad.data.build_worker"])
+    return ctx
 
 
 def _jobs_for_shard(index: int, units: list[Unit]) -> list[tuple[int, list[Unit]]]:
@@ -250,10 +249,16 @@ def _jobs_for_shard(index: int, units: list[Unit]) -> list[tuple[int, list[Unit]
 
 
 def _plan_hash(opts: BuildOptions, sources: list[dict], plan: Plan) -> str:
+    # The inputs enter by content identity (size + sampled blocks), never by hashing mode or mtime: switching
+    # --verify-inputs, or touching an input, never changes the plan (identity.same_input decides the rest).
     h = hashlib.sha256()
     h.update(
         json.dumps(
-            {"version": BUILDER_VERSION, "options": asdict(opts), "sources": [s["sha256"] for s in sources]},
+            {
+                "version": BUILDER_VERSION,
+                "options": asdict(opts),
+                "sources": [content_identity(s) for s in sources],
+            },
             sort_keys=True,
         ).encode()
     )
@@ -262,10 +267,11 @@ def _plan_hash(opts: BuildOptions, sources: list[dict], plan: Plan) -> str:
     return h.hexdigest()
 
 
-def load_manifest(out: Path) -> dict | None:
-    """The ``manifest.json`` of a shard folder; ``None`` when missing or not valid JSON."""
+def load_manifest(out: Path, part: Part | None = None) -> dict | None:
+    """The ``manifest.json`` of a shard folder (a part's own manifest with ``part``); ``None`` when missing or not
+    valid JSON."""
     try:
-        return json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        return json.loads((out / manifest_name(part)).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
 
@@ -297,6 +303,9 @@ def build_shards(
     pre_drops: dict[str, tuple[int, int]] | None = None,
     workers: int = 0,
     progress: bool = True,
+    part: Part | None = None,
+    part_assignment: str | None = None,
+    hash_cache: HashCache | None = None,
 ) -> BuildResult:
     """Build (or resume) one shard set.
 
@@ -312,6 +321,11 @@ def build_shards(
         pre_drops: ``{reason: (movies, ADs)}`` dropped before this call (curation, bad UTF-8), for the summary.
         workers: encoding processes (0 = in this process).
         progress: show a tqdm bar.
+        part: build as part I of N (``--part``): ``movies`` are this part's, shards and manifest carry its tag
+            and ``merge`` makes the parts one set (see ``parts.py``).
+        part_assignment: ``parts.assignment_hash`` of the whole movie -> part assignment (checked by ``merge``).
+        hash_cache: full input hashes known from earlier runs (``identity.HashCache``); used and filled when an
+            input's mtime changed, to tell a touched input from an edited one.
 
     Returns:
         A :class:`BuildResult` with the manifest, the shards built and skipped, and the printed summary table.
@@ -325,33 +339,36 @@ def build_shards(
     sources = list(sources or [])
     plan_hash = _plan_hash(opts, sources, plan)
 
-    old = load_manifest(out)
+    _check_layout(out, part)
+    old = load_manifest(out, part)
     old_shards: dict[str, dict] = {}
     if old is not None:
-        if old.get("plan_hash") == plan_hash:
+        changed = sources_changed(old.get("sources", []), sources, hash_cache)
+        if old.get("plan_hash") == plan_hash and changed is None:
             old_shards = {s["file"]: s for s in old.get("shards", [])}
         else:
-            logger.warning("%s: existing manifest was built from other inputs/options; rebuilding every shard", out)
+            why = changed if old.get("plan_hash") == plan_hash else "other inputs/options"
+            logger.warning("%s: existing manifest was built from %s; rebuilding every shard", out, why)
 
-    for stale in out.glob(f".{opts.split}-*.tar.*.tmp"):  # left by a killed build; never a finished shard
+    # Left by a killed build; never a finished shard (and never another part's file in progress).
+    tmp_glob = f".{opts.split}-[0-9]*.tar.*.tmp" if part is None else f".{opts.split}-{part.tag}-*.tar.*.tmp"
+    for stale in out.glob(tmp_glob):
         stale.unlink()
-    names = [shard_name(opts.split, i) for i in range(len(plan.shards))]
+    names = [shard_name(opts.split, i, part) for i in range(len(plan.shards))]
     todo, skipped = [], []
     for i, name in enumerate(names):
-        rec = old_shards.get(name)
-        path = out / name
-        if (
-            rec is not None
-            and path.is_file()
-            and path.stat().st_size == rec["bytes"]
-            and file_sha256(path) == rec["sha256"]
-        ):
+        if _shard_intact(out / name, old_shards.get(name)):
             skipped.append(name)
         else:
             todo.append(i)
     if skipped:
-        logger.info(
-            "%d/%d shards already complete (sha256 matches the manifest); skipping them", len(skipped), len(names)
+        logger.info("%d/%d shards already complete (as the manifest records); skipping them", len(skipped), len(names))
+    if part is not None and todo and (out / "manifest.json").is_file():
+        # A part rebuilt after merging: the merged manifest would no longer describe it.
+        for stale in ("manifest.json", "sizes.json"):
+            (out / stale).unlink(missing_ok=True)
+        logger.warning(
+            "%s: removed the merged manifest; run `distinctad-shards merge %s` when every part is done", out, out
         )
 
     shard_records: dict[str, dict] = {n: old_shards[n] for n in skipped}
@@ -369,6 +386,8 @@ def build_shards(
         "curation": curation or {},
         "complete": False,
     }
+    if part is not None:
+        manifest["part"] = {"index": part.index, "count": part.count, "assignment": part_assignment}
 
     def write_manifest(complete: bool) -> None:
         shards = [shard_records[n] for n in names if n in shard_records]
@@ -381,18 +400,18 @@ def build_shards(
             "movies": len({m for s in shards for m in s["movies"]}),
             "ads": sum(s["ads"] for s in shards),
         }
-        atomic_write_json(out / "manifest.json", manifest)
+        atomic_write_json(out / manifest_name(part), manifest)
 
     jobs = [job for i in todo for job in _jobs_for_shard(i, plan.shards[i])]
     remaining = Counter(i for i, _ in jobs)
     init_args = (str(features_path) if features_path else None, str(video_dir) if video_dir else None, opts, kind)
     pool = None
     if workers > 0 and jobs:
-        pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=init_args)
-        results = pool.imap(_encode_job, jobs)
+        pool = worker_context().Pool(workers, initializer=init_worker, initargs=(*init_args, os.getpid(), workers))
+        results = pool.imap(encode_job, jobs)
     else:
-        _init_worker(*init_args)
-        results = map(_encode_job, jobs)
+        init_worker(*init_args)
+        results = map(encode_job, jobs)
 
     built: list[str] = []
     writer = tmp_ctx = tmp = None
@@ -400,36 +419,41 @@ def build_shards(
     shard_stats: dict = {}
     bar = tqdm(total=sum(len(u) for _, u in jobs), unit="sample", desc=f"{opts.split} shards", disable=not progress)
     try:
-        for index, samples, drops, n_units in results:
+        for index, blob, n_samples, n_ads, movies_seen, drops, n_units in results:
             if index != current:
                 current = index
                 tmp_ctx = atomic_path(out / names[index])
                 tmp = tmp_ctx.__enter__()
-                # Fixed mtime/owner: identical inputs give byte-identical shards (needed for resumable builds).
-                writer = wds.TarWriter(str(tmp), encoder=False, mtime=0, user="distinctad", group="distinctad")
-                shard_stats = {"samples": 0, "ads": 0, "movies": [], "dropped": Counter()}
-            for sample in samples:
-                writer.write(sample)
-                meta = json.loads(sample["json"])
-                shard_stats["ads"] += kind.num_ads(meta)
-                if meta["movie"] not in shard_stats["movies"]:
-                    shard_stats["movies"].append(meta["movie"])
-            shard_stats["samples"] += len(samples)
+                # Members come as tar bytes with a fixed mtime/owner (build_worker.sample_tar_bytes): identical
+                # inputs give byte-identical shards (needed for resumable builds). Hashed as written.
+                writer = open(tmp, "wb")  # noqa: SIM115 - closed below or in finally
+                digest = hashlib.sha256()
+                shard_stats = {"samples": 0, "ads": 0, "movies": [], "dropped": Counter(), "offset": 0}
+            writer.write(blob)
+            digest.update(blob)
+            shard_stats["offset"] += len(blob)
+            shard_stats["ads"] += n_ads
+            shard_stats["movies"] += [m for m in movies_seen if m not in shard_stats["movies"]]
+            shard_stats["samples"] += n_samples
             shard_stats["dropped"].update(drops)
             bar.update(n_units)
             remaining[index] -= 1
             if remaining[index] == 0:
+                end = tar_end(shard_stats["offset"])
+                writer.write(end)
+                digest.update(end)
                 writer.close()
                 writer = None
-                sha = file_sha256(tmp)
-                size = tmp.stat().st_size
+                sha = digest.hexdigest()
                 tmp_ctx.__exit__(None, None, None)  # fsync + rename *.tmp onto the shard name
                 os.chmod(out / names[index], 0o644)
+                st = (out / names[index]).stat()
                 tmp_ctx = None
                 shard_records[names[index]] = {
                     "file": names[index],
                     "samples": shard_stats["samples"],
-                    "bytes": size,
+                    "bytes": st.st_size,
+                    "mtime_ns": st.st_mtime_ns,
                     "sha256": sha,
                     "movies": shard_stats["movies"],
                     "ads": shard_stats["ads"],
@@ -473,19 +497,40 @@ def build_shards(
     }
     manifest["stats"] = stats
     write_manifest(complete=True)
-    atomic_write_json(out / "sizes.json", {n: shard_records[n]["samples"] for n in names})
-    for meta_file in ("manifest.json", "sizes.json"):  # the atomic helper's temp files are private (0600)
+    meta_files = [manifest_name(part)]
+    if part is None:  # a part's sizes go into the merged sizes.json
+        atomic_write_json(out / "sizes.json", {n: shard_records[n]["samples"] for n in names})
+        meta_files.append("sizes.json")
+    for meta_file in meta_files:  # the atomic helper's temp files are private (0600)
         os.chmod(out / meta_file, 0o644)
     summary = _summary_table(stats)
     return BuildResult(str(out), manifest, built, skipped, summary)
 
 
-def source_record(role: str, path: str | os.PathLike, quick: bool = False) -> dict:
-    """A manifest ``sources`` entry for one input file."""
-    return {
-        "role": role,
-        "path": str(path),
-        "bytes": os.path.getsize(path),
-        "sha256": file_sha256(path, quick=quick),
-        "hash": "quick" if quick else "full",
-    }
+def _shard_intact(path: Path, rec: dict | None) -> bool:
+    """Whether a shard of the old manifest is still the one it records: same size and mtime (written by us and not
+    touched since: no re-read of gigabytes on resume), else a full sha256 match."""
+    if rec is None or not path.is_file():
+        return False
+    st = path.stat()
+    if st.st_size != rec["bytes"]:
+        return False
+    return st.st_mtime_ns == rec.get("mtime_ns") or file_sha256(path) == rec["sha256"]
+
+
+def _check_layout(out: Path, part: Part | None) -> None:
+    """Refuse to mix a single-machine build and a build in parts in one folder (one line)."""
+    from distinctad.data.parts import part_manifests
+
+    merged = load_manifest(out)
+    if part is None and part_manifests(out):
+        raise ValueError(f"{out}: holds a build in parts (manifest.p*of*.json); build with --part or use another --out")
+    if part is not None and merged is not None:
+        if "parts" not in merged:
+            raise ValueError(f"{out}: holds a single-machine build (manifest.json); use another --out for parts")
+
+
+def source_record(role: str, path: str | os.PathLike, quick: bool = False, **kwargs) -> dict:
+    """A manifest ``sources`` entry for one input file (:func:`distinctad.data.identity.input_record`; ``quick``
+    is the old name of the default sampled identity and is ignored)."""
+    return input_record(role, path, **kwargs)

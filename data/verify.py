@@ -38,7 +38,16 @@ def verify_shards(out_dir: str | os.PathLike, *, deep: bool = False) -> VerifyRe
     report = VerifyReport()
     manifest = load_manifest(out)
     if manifest is None:
-        report.problems["manifest.json"] = "missing or not valid JSON"
+        from distinctad.data.parts import part_manifests
+
+        parts = part_manifests(out)
+        if parts:
+            n = max(c for _, c in parts)
+            report.problems["manifest.json"] = (
+                f"missing: {len(parts)} part manifest(s) of a build in {n} parts; run `distinctad-shards merge {out}`"
+            )
+        else:
+            report.problems["manifest.json"] = "missing or not valid JSON"
         return report
     if not manifest.get("complete", False):
         report.problems["manifest.json"] = "build incomplete (re-run build to resume)"

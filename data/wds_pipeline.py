@@ -3,7 +3,7 @@
 Pipeline (training, non-resampled)::
 
     SimpleShardList → detshuffle(seed, epoch) → split_by_node → split_by_worker → repeat
-        → tar expansion (nothrow, logged + counted) → shuffle(seed, epoch, rank, worker) → safe decode
+        → tar expansion (``tarstream.py``; nothrow, logged + counted) → shuffle(seed, epoch, rank, worker) → safe decode
         → batched(B) → take(batches per worker, skip)
 
 - **Same batch count on every rank.** In training each worker repeats its shard list, so it never runs dry, and
@@ -42,6 +42,7 @@ import webdataset as wds
 from distinctad.data.decode import SampleDecoder
 from distinctad.data.kinds import ReadOptions, SampleKind, get_kind
 from distinctad.data.shardlist import expand_shards, manifest_info, shard_sizes
+from distinctad.data.tarstream import tar_samples
 
 logger = logging.getLogger(__name__)
 
@@ -95,9 +96,11 @@ PAD = {"__pad__": True}
 
 
 # Batch arrays at least this big cross from a loader worker as shared memory (a tensor), smaller ones as pickled
-# numpy. Each shared tensor costs the main process a file-descriptor hand-over (~1 ms on 2 cores), more than
-# piping a window batch's 1 MB; a frames batch (tens of MB) is far cheaper in shared memory.
-_SHM_MIN_BYTES = _env_int("DISTINCTAD_SHM_MIN_BYTES", 4 << 20)
+# numpy. Each shared tensor costs the main process a file-descriptor hand-over (~1 ms on 2 cores), but piping 1 MB
+# (a window batch of 8 at D=512) through a 64 KiB pipe costs more once the cores are busy: on the MAD-size set
+# (benchmarks/loader_throughput.py --mad-size 0.25, load ~5 on 2 cores) 1 and 2 workers read 1,066 and 1,030
+# windows/s pickled against 1,838-2,626 and 2,712-2,973 in shared memory. Masks and ids stay pickled.
+_SHM_MIN_BYTES = _env_int("DISTINCTAD_SHM_MIN_BYTES", 256 << 10)
 
 
 def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -394,7 +397,7 @@ def get_wds_loader(
         num_samples = num_batches * global_batch
         stages = [
             source,
-            wds.tarfile_to_samples(handler=handler),
+            tar_samples(handler),
             _seeded_shuffle(
                 placement,
                 seed,
@@ -409,7 +412,7 @@ def get_wds_loader(
         if resampled:
             raise ValueError("resampled=True is for training; eval must see every sample once")
         source = _shard_stream(urls, placement, shuffle=False, repeat=False, seed=seed)
-        stages = [source, wds.tarfile_to_samples(handler=handler), wds.map(decoder, handler=handler)]
+        stages = [source, tar_samples(handler), wds.map(decoder, handler=handler)]
         sizes = dict(zip(urls, shard_sizes(urls)))
         num_samples = sum(sizes.values()) if num_samples is None else num_samples
         if pad_eval:

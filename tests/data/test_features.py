@@ -37,3 +37,21 @@ def test_reader_gathers_the_sampled_rows(tmp_path):
     assert r.num_frames("3001") == 100 and r.dim() == 3 and "3001" in r and "x" not in r
     np.testing.assert_array_equal(r.clip("3001", 0.33, 0.5, 4), feats[[1, 1, 1, 1]])
     np.testing.assert_array_equal(r.clip("3001", 19.5, 25.0, 4), feats[[97, 97, 98, 98]])
+
+
+def test_reader_holds_one_dataset_and_reads_long_spans_row_by_row(tmp_path, monkeypatch):
+    from distinctad.data import features as features_mod
+
+    a = np.arange(600 * 2, dtype=np.float32).reshape(600, 2)
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f.create_dataset("a", data=a)
+        f.create_dataset("b", data=-a[:50])
+    r = FeatureReader(tmp_path / "f.h5")
+    # 0..100 s at 5 fps: s=0, e=500, linspace(0, 499, 4, endpoint=False) = 0, 124.75, 249.5, 374.25; span 375 > 256
+    np.testing.assert_array_equal(r.clip("a", 0.0, 100.0, 4), a[[0, 124, 249, 374]])
+    held = r.dataset("a")
+    assert r.dataset("a") is held  # held open across ADs of one movie
+    np.testing.assert_array_equal(r.clip("b", 1.0, 2.0, 4), -a[[5, 6, 7, 8]])  # switching movie switches dataset
+    assert r.dataset("b") is not held
+    monkeypatch.setattr(features_mod, "SPAN_MAX_ROWS", 1000)  # the span path gives the same rows
+    np.testing.assert_array_equal(r.clip("a", 0.0, 100.0, 4), a[[0, 124, 249, 374]])
