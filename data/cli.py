@@ -20,7 +20,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from distinctad.common import init_logger
+from distinctad.common import init_logger, set_threads
 from distinctad.data import annotations
 from distinctad.data.kinds import INPUTS, KINDS, get_kind, kinds_help
 from distinctad.data.paths import check_dir, check_file, check_output_dir, check_shards
@@ -349,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``distinctad-shards``; returns the exit code (verify: 1 when a shard is bad)."""
     args = build_parser().parse_args(argv)
     init_logger(args.log_level.upper())
+    set_threads()
     commands = {"build": cmd_build, "verify": cmd_verify, "inspect": cmd_inspect, "synth": cmd_synth}
     try:
         code = commands[args.command](args)

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
+from distinctad.common import worker_threads
 from distinctad.data.decode import SampleDecoder
 from distinctad.data.kinds import ReadOptions, SampleKind, get_kind
 from distinctad.data.shardlist import expand_shards, manifest_info, shard_sizes
@@ -433,6 +434,7 @@ def get_wds_loader(
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         collate_fn=_as_is,
+        worker_init_fn=worker_threads,  # one torch thread per worker: the workers share the rank's cores
     ).compose(_to_torch)
     dataloader.num_batches = num_batches
     dataloader.num_samples = num_samples
