@@ -435,6 +435,9 @@ def get_wds_loader(
         persistent_workers=num_workers > 0,
         collate_fn=_as_is,
         worker_init_fn=worker_threads,  # one torch thread per worker: the workers share the rank's cores
+        # the loader draws its workers' base seed from this generator, never from the global RNG: a resumed run's
+        # model (dropout) sees the same random stream as the uninterrupted one
+        generator=torch.Generator().manual_seed(_seed(seed, rank, "loader")),
     ).compose(_to_torch)
     dataloader.num_batches = num_batches
     dataloader.num_samples = num_samples

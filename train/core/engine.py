@@ -110,6 +110,9 @@ def build_engine(model: torch.nn.Module, train: TrainArgs, ds: DeepSpeedArgs, *,
     if load_universal:
         ds_cfg["checkpoint"] = {**ds_cfg.get("checkpoint", {}), "load_universal": True}
     reshape_0d_parameters(model)
+    from distinctad.train.core.checkpoint import frozen_record
+
+    frozen = frozen_record(model)  # on the plain model: ZeRO-3 partitions the parameters below
     all_groups = param_groups(model, train.weight_decay)  # [decay, no_decay]
     groups = [g for g in all_groups if g["params"]]
     if not groups:
@@ -120,6 +123,7 @@ def build_engine(model: torch.nn.Module, train: TrainArgs, ds: DeepSpeedArgs, *,
     # Which group decays: a checkpoint load overwrites the groups' settings (ZeRO-3's universal loader copies the
     # first group's into all), so apply_optimizer_settings puts them back from the config by position.
     engine.distinctad_group_decays = [g is all_groups[0] for g in groups]
+    engine.distinctad_frozen = frozen  # checkpoints record it and check it on load (checkpoint.check_frozen)
     logger.info(
         "DeepSpeed engine: ZeRO-%d, %s, micro batch %d x accumulation %d x world %d",
         ds_cfg["zero_optimization"]["stage"],

@@ -68,6 +68,11 @@ class TrainArgs:
     """Checkpoint every this many steps (and always at the end); 0: only at the end."""
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep in the run directory."""
+    save_frozen: bool = False
+    """
+    Also write frozen parameters (a frozen LLM, LoRA's base) into every checkpoint; false: only trainable weights,
+    buffers and optimizer state, loaded on top of the frozen weights the config rebuilds (checked on load).
+    """
     max_bad_steps: int = 5
     """Stop after this many non-finite losses in a row (each one is skipped and logged)."""
     stop_after: int = 0
