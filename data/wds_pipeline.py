@@ -324,6 +324,7 @@ def get_wds_loader(
     num_frames: int | None = None,
     rank: int | None = None,
     world_size: int | None = None,
+    pin_memory: bool = False,
 ) -> DataInfo:
     """Build the streaming loader of window or frames shards (or any kind registered in ``kinds.KINDS``).
 
@@ -334,6 +335,7 @@ def get_wds_loader(
         is_train: training (shuffled, repeated, full batches, same count per rank) or eval (in order, each
             sample once).
         num_workers: DataLoader workers per rank.
+        pin_memory: page-locked batches, so ``.to(cuda, non_blocking=True)`` copies overlap compute (CUDA only).
         resampled: training only: draw shards with replacement (``ResampledShards``).
         seed: shuffling seed; epochs and resumption are deterministic functions of (seed, epoch).
         epoch: the first epoch (``DataInfo.set_epoch`` changes it).
@@ -434,6 +436,7 @@ def get_wds_loader(
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         collate_fn=_as_is,
+        pin_memory=pin_memory,
         worker_init_fn=worker_threads,  # one torch thread per worker: the workers share the rank's cores
         # the loader draws its workers' base seed from this generator, never from the global RNG: a resumed run's
         # model (dropout) sees the same random stream as the uninterrupted one
