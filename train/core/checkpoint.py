@@ -222,7 +222,11 @@ def frozen_record(model: torch.nn.Module) -> dict[str, Any]:
                 continue
             shapes[name] = list(getattr(p, "ds_shape", p.shape))
             numel += p.numel()
-            prints[name] = [float(p.sum(dtype=torch.float64)), float(p.double().square().sum())]
+            s = sq = 0.0
+            for chunk in p.detach().reshape(-1).split(1 << 24):  # float64 copies of 16M elements at most
+                c = chunk.double()
+                s, sq = s + float(c.sum()), sq + float(c.square().sum())
+            prints[name] = [s, sq]
     return {"shapes": shapes, "fingerprints": prints, "numel": numel}
 
 
