@@ -1,11 +1,15 @@
 """Windows/s and tokens/s of a Stage-II training step (forward + backward + AdamW), plus MFU on a GPU.
 
     python benchmarks/stage2_throughput.py                                   # tiny config, CPU
+    python benchmarks/stage2_throughput.py --rows all                        # every Table D.2 row, ratio to A0
     python benchmarks/stage2_throughput.py --llm gpt2-124m --device cuda --bf16 --windows 8 --d-model 768
         (GPT-2 124M architecture with random weights, or --llm /path/to/gpt2 for the real one)
 
 A random window batch (B windows x N clips x T frames x D) and ADs drawn from a SynthMAD-like grammar, the
-full C3 model (α-path, β-path, L_dist). MFU counts 6·params·tokens for the LLM plus the visual modules (the
+full C3 model (α-path, β-path, L_dist); ``--rows`` measures Table D.2 rows instead, interleaved round by round (so
+a change in the machine's load hits every row alike), and prints each row's median step time over A0's with the
+``uptime`` load. The defaults are launch/configs/stage2.yaml's model and batch (tiny GPT-2, d=64, L=4, K=8,
+2 windows of 16 clips). MFU counts 6·params·tokens for the LLM plus the visual modules (the
 tokens are the prompt, context and AD tokens the LLM processes), against the GPU's dense bf16 peak.
 """
 
@@ -35,6 +39,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="Untimed steps first.")
     p.add_argument("--device", default="cpu", help="cpu or cuda.")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU).")
+    p.add_argument(
+        "--rows",
+        default="",
+        help="Comma-separated Table D.2 rows (A0,B1,...,C3) or 'all': step time of each and its ratio to A0.",
+    )
+    p.add_argument("--rounds", type=int, default=5, help="--rows: interleaved rounds of --steps steps per row.")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: distinctad's set_threads).")
     return p.parse_args(argv)
 
 
@@ -63,8 +74,84 @@ def make_batch(B: int, N: int, T: int, D: int, seed: int = 0) -> dict:
     )
 
 
+def compare_rows(args: argparse.Namespace) -> dict[str, float]:
+    """Median ms/step of each requested Table D.2 row, measured in interleaved rounds; returns {row: ms}."""
+    import statistics
+    import subprocess
+
+    from distinctad.train.models.captioner import CaptionerConfig, DistinctADCaptioner, prepare_batch
+    from distinctad.train.models.captioner_config import PRESETS
+    from distinctad.train.models.llm import train_bpe_tokenizer
+
+    rows = list(PRESETS) if args.rows == "all" else [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in PRESETS]
+    if unknown:
+        raise SystemExit(f"error: unknown Table D.2 row(s) {unknown} (choose from {', '.join(PRESETS)} or all)")
+    if "A0" not in rows:
+        rows.insert(0, "A0")
+    batch = make_batch(args.windows, args.clips, args.frames, args.feature_dim)
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = train_bpe_tokenizer([s for w in batch["sentences"] for s in w] * 20, 500, tmp)
+    steps = {}
+    for row in rows:
+        torch.manual_seed(0)
+        cfg = CaptionerConfig(
+            llm=args.llm,
+            feature_dim=args.feature_dim,
+            d_model=args.d_model,
+            num_latents=args.latents,
+            perceiver_heads=4,
+            num_bases=args.bases,
+            **PRESETS[row],
+        )
+        model = DistinctADCaptioner(cfg, tok).to(args.device)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        prepared = {k: v.to(args.device) for k, v in prepare_batch(batch, tok, cfg).items()}
+
+        def step(model=model, opt=opt, prepared=prepared) -> None:
+            loss = model(**prepared)["loss"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        for _ in range(args.warmup):
+            step()
+        steps[row] = step
+    times: dict[str, list[float]] = {r: [] for r in rows}
+    cpu: dict[str, list[float]] = {r: [] for r in rows}
+    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    for _ in range(args.rounds):
+        for row in rows:
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(args.steps):
+                steps[row]()
+            times[row].append((time.perf_counter() - t0) / args.steps * 1e3)
+            cpu[row].append((time.process_time() - c0) / args.steps * 1e3)
+    ms = {r: statistics.median(v) for r, v in times.items()}
+    cpu_ms = {r: statistics.median(v) for r, v in cpu.items()}
+    print(
+        f"Stage-II step per Table D.2 row, {args.llm}, B={args.windows} N={args.clips} T={args.frames} "
+        f"D={args.feature_dim} d={args.d_model} L={args.latents} K={args.bases}, {args.device}, "
+        f"{torch.get_num_threads()} threads, median of {args.rounds} interleaved rounds x {args.steps} steps"
+    )
+    print(f"  load before: {load}")
+    print("  (wall: what a run takes; CPU: this process's CPU time, less sensitive to other work on the machine)")
+    for row in rows:
+        print(
+            f"  {row}: wall {ms[row]:7.1f} ms/step {ms[row] / ms['A0']:5.2f}x A0 | CPU {cpu_ms[row]:7.1f} ms/step "
+            f"{cpu_ms[row] / cpu_ms['A0']:5.2f}x A0 | {PRESETS[row]}"
+        )
+    print(f"  load after:  {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+    return ms
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    from distinctad.common import set_threads
+
+    set_threads(args.threads or None)  # as every job does (or the number asked for)
+    if args.rows:
+        return compare_rows(args)
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from distinctad.train.models.captioner import CaptionerConfig, DistinctADCaptioner, prepare_batch

@@ -22,7 +22,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from distinctad.common import init_logger
+from distinctad.common import init_logger, set_threads
 from distinctad.data import annotations
 from distinctad.data.identity import VERIFY_MODES
 from distinctad.data.kinds import INPUTS, KINDS, get_kind, kinds_help
@@ -408,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``distinctad-shards``; returns the exit code (verify: 1 when a shard is bad)."""
     args = build_parser().parse_args(argv)
     init_logger(args.log_level.upper())
+    set_threads()
     commands = {
         "build": cmd_build,
         "merge": cmd_merge,

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
+from distinctad.common import worker_threads
 from distinctad.data.decode import SampleDecoder
 from distinctad.data.kinds import ReadOptions, SampleKind, get_kind
 from distinctad.data.shardlist import expand_shards, manifest_info, shard_sizes
@@ -326,6 +327,7 @@ def get_wds_loader(
     num_frames: int | None = None,
     rank: int | None = None,
     world_size: int | None = None,
+    pin_memory: bool = False,
 ) -> DataInfo:
     """Build the streaming loader of window or frames shards (or any kind registered in ``kinds.KINDS``).
 
@@ -336,6 +338,7 @@ def get_wds_loader(
         is_train: training (shuffled, repeated, full batches, same count per rank) or eval (in order, each
             sample once).
         num_workers: DataLoader workers per rank.
+        pin_memory: page-locked batches, so ``.to(cuda, non_blocking=True)`` copies overlap compute (CUDA only).
         resampled: training only: draw shards with replacement (``ResampledShards``).
         seed: shuffling seed; epochs and resumption are deterministic functions of (seed, epoch).
         epoch: the first epoch (``DataInfo.set_epoch`` changes it).
@@ -436,6 +439,11 @@ def get_wds_loader(
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         collate_fn=_as_is,
+        pin_memory=pin_memory,
+        worker_init_fn=worker_threads,  # one torch thread per worker: the workers share the rank's cores
+        # the loader draws its workers' base seed from this generator, never from the global RNG: a resumed run's
+        # model (dropout) sees the same random stream as the uninterrupted one
+        generator=torch.Generator().manual_seed(_seed(seed, rank, "loader")),
     ).compose(_to_torch)
     dataloader.num_batches = num_batches
     dataloader.num_samples = num_samples

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from distinctad.common import init_logger
+from distinctad.common import init_logger, set_threads
 from distinctad.data import annotations
 from distinctad.data.paths import PathProblem, check_dir, check_file, check_output_file, check_shards
 from distinctad.eval.captions import CAPTION_METRICS, MAX_TOKENS
@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     """
     args = parse_args(argv)
     init_logger(args.log_level.upper())
+    set_threads()  # the embedding similarity backends run torch
     progress = False if args.no_progress else None
     try:
         check_paths(args)

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import random
 
+# isort: off
+import distinctad  # noqa: F401 - before torch, so its OpenMP threads sleep when they wait (OMP_WAIT_POLICY)
+
+# isort: on
 import numpy as np
 import pytest
 import torch

@@ -9,6 +9,10 @@ Layout of ``<run dir>/checkpoints``::
                               ranks, ZeRO stage or precision (see :mod:`distinctad.train.core.resume`)
 
 The client state holds the loop's position (step, epoch, data position), every rank's RNG and the run's topology.
+Frozen parameters (a frozen LLM, LoRA's base, Stage-I's text tower) are left out (``train.save_frozen=false``, our
+default; DeepSpeed's ``exclude_frozen_parameters``): a checkpoint holds what trains, its optimizer state and the
+buffers. A load puts them on top of the frozen weights the job config rebuilds (``model.llm``, ``run.seed``), after
+checking those against the shapes and per-tensor fingerprints the checkpoint recorded (:func:`frozen_record`).
 ``latest`` moves only after every rank has written its part, so a crash or a full disk mid-save leaves the
 previous checkpoint as the one a relaunch resumes from. Old checkpoints are pruned only after that.
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import random
 import re
@@ -47,6 +52,7 @@ logger = logging.getLogger(__name__)
 LATEST = "latest"
 UNIVERSAL = "universal"  # <tag>/universal: the checkpoint converted to DeepSpeed's universal format
 TAG_RE = re.compile(r"step_\d{8}")
+FROZEN = "frozen_base"  # client-state key: what frozen_record says about the frozen parameters
 
 
 class CheckpointError(RuntimeError):
@@ -197,6 +203,61 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+# ---------------------------------------------------------------- frozen parameters
+
+
+def frozen_record(model: torch.nn.Module) -> dict[str, Any]:
+    """The frozen parameters of a plain model (before ``deepspeed.initialize``): their shapes and, per tensor, a
+    fingerprint ``[sum, sum of squares]`` computed in float64.
+
+    Returns:
+        ``{"shapes": {name: [dims]}, "fingerprints": {name: [sum, sumsq]}, "numel": total elements}``.
+    """
+    shapes: dict[str, list[int]] = {}
+    prints: dict[str, list[float]] = {}
+    numel = 0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                continue
+            shapes[name] = list(getattr(p, "ds_shape", p.shape))
+            numel += p.numel()
+            s = sq = 0.0
+            for chunk in p.detach().reshape(-1).split(1 << 24):  # float64 copies of 16M elements at most
+                c = chunk.double()
+                s, sq = s + float(c.sum()), sq + float(c.square().sum())
+            prints[name] = [s, sq]
+    return {"shapes": shapes, "fingerprints": prints, "numel": numel}
+
+
+def check_frozen(now: dict[str, Any] | None, saved: dict[str, Any] | None, where: Path) -> None:
+    """Refuse to load a checkpoint without its frozen weights on top of frozen weights that are not the ones it was
+    trained with (another ``model.llm``, another seed for a random base).
+
+    The fingerprints are compared with a tolerance of 1e-6 relative to each tensor's norm: a float64 sum may differ
+    in its last bits between thread counts, a different base differs far more.
+
+    Raises:
+        CheckpointError: one line naming the first tensor that differs.
+    """
+    if not saved or not saved.get("excluded") or now is None:
+        return  # the checkpoint holds its frozen weights (or predates the record): DeepSpeed loads them
+    s_shapes, n_shapes = saved["shapes"], now["shapes"]
+    bad = [k for k in s_shapes if list(n_shapes.get(k, [])) != list(s_shapes[k])]
+    if not bad:
+        for k, (s, sq) in saved["fingerprints"].items():
+            s2, sq2 = now["fingerprints"][k]
+            scale = (max(sq, sq2) * max(1, math.prod(s_shapes[k]))) ** 0.5 + 1e-30
+            if abs(s - s2) > 1e-6 * scale or abs(sq - sq2) > 1e-6 * (max(sq, sq2) + 1e-30):
+                bad.append(k)
+    if bad:
+        raise CheckpointError(
+            f"cannot load {where}: it holds only the trained weights (train.save_frozen=false) and the frozen weights "
+            f"this config rebuilds differ from those it was trained on top of ({len(bad)} tensors, e.g. {bad[0]}); "
+            "use the same frozen base (model.llm, run.seed) as the run that saved it"
+        )
+
+
 # ---------------------------------------------------------------- save / resume
 
 
@@ -214,6 +275,8 @@ def latest_tag(ckpt_dir: str | Path) -> str | None:
 def save(engine, ckpt_dir: str | Path, step: int, client_state: dict[str, Any], cfg: Any, keep: int) -> Path:
     """Collective: every rank must call it with the same ``step``.
 
+    Frozen parameters are left out unless ``cfg.train.save_frozen`` (see the module docstring).
+
     Raises:
         CheckpointError: on every rank, if any rank could not write its part (disk full, read-only directory);
             the half-written checkpoint is removed and ``latest`` still names the previous one.
@@ -226,9 +289,15 @@ def save(engine, ckpt_dir: str | Path, step: int, client_state: dict[str, Any], 
     safe.fault_tag = tag if fault and int(fault) == step and D.get_rank() == fault_rank() else None
     # Every rank's RNG goes into the state rank 0 writes, so each rank can restore its own stream.
     client_state = {**client_state, "rng": D.all_gather_object(rng_state())}
+    exclude = not getattr(getattr(cfg, "train", None), "save_frozen", False)
+    frozen = getattr(engine, "distinctad_frozen", None)
+    if frozen is not None:
+        client_state[FROZEN] = {"shapes": frozen["shapes"], "fingerprints": frozen["fingerprints"], "excluded": exclude}
     error: OSError | None = None
     try:
-        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
+        engine.save_checkpoint(
+            str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False, exclude_frozen_parameters=exclude
+        )
         error = safe.error
         if error is None and D.is_master():
             save_config(cfg, ckpt_dir / tag / "config.yaml")
@@ -327,6 +396,7 @@ def load(engine, root: Path, tag: str, load_optimizer: bool = True, universal: b
             load_path, client_state = engine.load_checkpoint(
                 str(load_dir),
                 tag=load_tag,
+                load_module_strict=False,  # frozen parameters may be left out: they keep the values built here
                 load_optimizer_states=load_optimizer,
                 load_lr_scheduler_states=load_optimizer,
             )
@@ -336,6 +406,7 @@ def load(engine, root: Path, tag: str, load_optimizer: bool = True, universal: b
         raise CheckpointError(f"could not load checkpoint {root / tag}: {type(e).__name__}: {_first_line(e)}") from None
     if load_path is None:
         raise CheckpointError(f"could not load checkpoint {root / tag}")
+    check_frozen(getattr(engine, "distinctad_frozen", None), client_state.get(FROZEN), root / tag)
     rng = client_state.pop("rng", None)
     if rng is not None and len(rng) == D.get_world_size():
         set_rng_state(rng[D.get_rank()])

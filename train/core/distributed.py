@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from distinctad.common import world_info_from_env
+from distinctad.common import set_threads, world_info_from_env
 
 __all__ = ["world_info_from_env"]  # re-exported: the torch-free definition lives in distinctad.common
 
@@ -29,6 +29,7 @@ def init_distributed() -> tuple[int, int, int]:
     """Start the process group (idempotent) and return (local_rank, rank, world_size).
 
     A plain single process gets the variables a launcher would set, so DeepSpeed does not go looking for MPI.
+    Torch's threads are set to this rank's share of the machine's cores (:func:`distinctad.common.set_threads`).
     """
     if "RANK" not in os.environ and "WORLD_SIZE" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_SIZE="1")
@@ -43,6 +44,7 @@ def init_distributed() -> tuple[int, int, int]:
             # launch (never unlinked) until the machine runs out of memory; gloo does the collectives instead.
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    set_threads()
     local_rank, rank, world = world_info_from_env()
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from distinctad.common import resolve_path
+from distinctad.common import resolve_path, warn_once
 from distinctad.train.core.config import ConfigError
 from distinctad.train.core.params import DeepSpeedArgs, TrainArgs
 
@@ -29,6 +29,22 @@ def pick_precision(requested: str) -> str:
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16"
     return "fp32"
+
+
+def use_fused_adamw(setting: str) -> bool:
+    """``train.adamw_kernel``: 'auto' means the fused kernel on CUDA and the foreach one on CPU."""
+    return setting == "fused" or (setting == "auto" and torch.cuda.is_available())
+
+
+def use_pin_memory(setting: str) -> bool:
+    """``train.host_memory``: pinned host memory only helps (and only works) with a CUDA device; 'pinned' without one
+    falls back to pageable memory with a one-line notice."""
+    if setting == "auto":
+        return torch.cuda.is_available()
+    if setting == "pinned" and not torch.cuda.is_available():
+        warn_once(logger, "train.host_memory=pinned needs a CUDA device; loader batches stay in pageable memory")
+        return False
+    return setting == "pinned"
 
 
 def build_ds_config(ds: DeepSpeedArgs, train: TrainArgs) -> dict[str, Any]:
@@ -110,20 +126,29 @@ def build_engine(model: torch.nn.Module, train: TrainArgs, ds: DeepSpeedArgs, *,
     if load_universal:
         ds_cfg["checkpoint"] = {**ds_cfg.get("checkpoint", {}), "load_universal": True}
     reshape_0d_parameters(model)
+    from distinctad.train.core.checkpoint import frozen_record
+
+    frozen = frozen_record(model)  # on the plain model: ZeRO-3 partitions the parameters below
     all_groups = param_groups(model, train.weight_decay)  # [decay, no_decay]
     groups = [g for g in all_groups if g["params"]]
     if not groups:
         raise ConfigError("the model has no trainable parameters")
-    optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=tuple(train.betas))
+    fused = use_fused_adamw(train.adamw_kernel)
+    optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=tuple(train.betas), fused=fused or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
     # Which group decays: a checkpoint load overwrites the groups' settings (ZeRO-3's universal loader copies the
     # first group's into all), so apply_optimizer_settings puts them back from the config by position.
     engine.distinctad_group_decays = [g is all_groups[0] for g in groups]
+    engine.distinctad_frozen = frozen  # checkpoints record it and check it on load (checkpoint.check_frozen)
+    if train.compile:
+        engine.compile(backend=train.compile_backend)  # DeepSpeed's documented way; compiles at the first forward
     logger.info(
-        "DeepSpeed engine: ZeRO-%d, %s, micro batch %d x accumulation %d x world %d",
+        "DeepSpeed engine: ZeRO-%d, %s, %s AdamW%s, micro batch %d x accumulation %d x world %d",
         ds_cfg["zero_optimization"]["stage"],
         precision_of(ds_cfg),
+        "fused" if fused else "foreach",
+        f", torch.compile ({train.compile_backend})" if train.compile else "",
         train.micro_batch_size,
         train.grad_accum,
         engine.world_size,

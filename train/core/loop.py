@@ -47,7 +47,7 @@ from typing import Any
 
 import torch
 
-from distinctad.common import atomic_write_json
+from distinctad.common import atomic_write_json, local_world_size, usable_cores
 from distinctad.train.core import checkpoint, resume
 from distinctad.train.core import distributed as D
 from distinctad.train.core.config import config_hash, flatten, save_config, to_dict
@@ -212,6 +212,17 @@ def fit(task: Task, cfg: Any, *, job: str) -> dict[str, Any]:
             "resume.changed_keys": ",".join(k for k, _, _ in prepared.changes) or "(none)",
         }
 
+    threads = D.all_gather_object((torch.get_num_threads(), torch.get_num_interop_threads()))
+    if D.is_master():  # every rank's share of the cores (distinctad.common.set_threads), said once
+        logger.info(
+            "torch threads per rank: intra-op %s, inter-op %s (%d usable cores, %d local ranks, OMP_NUM_THREADS=%s)",
+            [t[0] for t in threads],
+            [t[1] for t in threads],
+            usable_cores(),
+            local_world_size(),
+            os.environ.get("OMP_NUM_THREADS", "unset"),
+        )
+
     if D.is_master():  # after the resume checks: a refused relaunch leaves the run directory as it was
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -234,6 +245,7 @@ def fit(task: Task, cfg: Any, *, job: str) -> dict[str, Any]:
             "topology.nodes": topology.nodes,
             "topology.zero_stage": topology.zero_stage,
             "topology.precision": topology.precision,
+            "threads.intra_op": [t[0] for t in threads],
             **resume_params,
             **task.params(),
         }

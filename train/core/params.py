@@ -68,15 +68,34 @@ class TrainArgs:
     """Checkpoint every this many steps (and always at the end); 0: only at the end."""
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep in the run directory."""
+    save_frozen: bool = False
+    """
+    Also write frozen parameters (a frozen LLM, LoRA's base) into every checkpoint; false: only trainable weights,
+    buffers and optimizer state, loaded on top of the frozen weights the config rebuilds (checked on load).
+    """
     max_bad_steps: int = 5
     """Stop after this many non-finite losses in a row (each one is skipped and logged)."""
     stop_after: int = 0
     """Stop (as if interrupted) after this many steps of this launch; 0: never. For tests."""
+    # ---- GPU path (each has a CPU fallback; see train/core/engine.py)
+    adamw_kernel: Literal["auto", "fused", "foreach"] = "auto"
+    """torch's AdamW implementation: 'fused' (one kernel for all parameters), 'foreach'; 'auto': fused on CUDA."""
+    compile: bool = False
+    """torch.compile the model (DeepSpeed's engine.compile) before the first step; costs start-up time."""
+    compile_backend: str = "inductor"
+    """torch.compile backend ('inductor'; 'eager' checks the plumbing without code generation)."""
+    host_memory: Literal["auto", "pinned", "pageable"] = "auto"
+    """
+    Loader batches in 'pinned' (page-locked: host-to-GPU copies run asynchronously) or 'pageable' memory; 'auto':
+    pinned on CUDA. Pinned without CUDA falls back to pageable with a notice.
+    """
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "micro_batch_size", "grad_accum", "log_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.compile and not self.compile_backend:
+            raise ConfigError("train.compile_backend must name a torch.compile backend, e.g. inductor")
         if len(self.betas) != 2:
             raise ConfigError(f"train.betas must hold two numbers, got {self.betas}")
 

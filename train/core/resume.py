@@ -170,6 +170,8 @@ def _saved_shapes(state: dict[str, Any]) -> tuple[dict[str, tuple[int, ...]], li
         trainable = [name for group in state["param_shapes"] for name in group]
         shapes.update({name: tuple(s) for group in state["param_shapes"] for name, s in group.items()})
     shapes.update({name: tuple(s) for name, s in (state.get("frozen_param_shapes") or {}).items()})
+    # a checkpoint without its frozen parameters records their shapes itself (checkpoint.frozen_record)
+    shapes.update({name: tuple(s) for name, s in (state.get(checkpoint.FROZEN) or {}).get("shapes", {}).items()})
     return shapes, trainable
 
 
@@ -425,6 +427,7 @@ def restore(engine, prep: Prepared) -> dict[str, Any]:
     if prep.plan.mode == WEIGHTS:
         # the weights are in the module already; the rest of the state comes from the client state read up front
         client = {k: v for k, v in prep.meta.items() if k not in ("shapes", "trainable", "topology", "config")}
+        checkpoint.check_frozen(getattr(engine, "distinctad_frozen", None), client.get(checkpoint.FROZEN), prep.where)
         rng = client.pop("rng", None)
         if rng is not None and len(rng) == D.get_world_size():
             checkpoint.set_rng_state(rng[D.get_rank()])

@@ -135,6 +135,7 @@ class DistinctADCaptioner(nn.Module):
                 freeze=cfg.freeze_llm,
                 dtype=cfg.llm_dtype,
                 gradient_checkpointing=cfg.gradient_checkpointing,
+                attn_implementation=cfg.attn_implementation,
             )
         elif cfg.freeze_llm:
             llm.requires_grad_(False)

@@ -87,7 +87,13 @@ class CaptionerConfig:
     freeze_llm: bool = False
     """Freeze every LLM weight (only our modules train)."""
     gradient_checkpointing: bool = False
-    """Recompute LLM activations in the backward pass."""
+    """Recompute LLM activations in the backward pass (activation checkpointing: the 8B LLM's memory saver)."""
+    attn_implementation: str = "sdpa"
+    """
+    The LLM's attention kernel (HF attn_implementation): 'sdpa' (PyTorch scaled_dot_product_attention: flash or
+    memory-efficient kernels on GPUs), 'flash_attention_2' (needs CUDA and the flash-attn package; else sdpa, with a
+    notice) or 'eager'.
+    """
     lora: bool = False
     """Wrap the LLM with LoRA adapters (peft): base frozen, adapters + our modules train."""
     lora_r: int = 8
@@ -100,6 +106,10 @@ class CaptionerConfig:
     """Modules to adapt (default: c_attn for GPT-2; q/k/v/o_proj for LLaMA)."""
 
     def __post_init__(self):
+        if self.attn_implementation not in ("sdpa", "flash_attention_2", "eager"):
+            raise ValueError(
+                f"model.attn_implementation must be sdpa, flash_attention_2 or eager, got {self.attn_implementation!r}"
+            )
         if self.preset and self.preset not in PRESETS:
             raise ValueError(f"unknown preset '{self.preset}' (choose from {', '.join(PRESETS)})")
         for name in (

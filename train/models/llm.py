@@ -9,6 +9,7 @@ same code path as real weights.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -27,6 +28,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from distinctad.common import warn_once
+
+logger = logging.getLogger(__name__)
 TINY_LLMS = ("tiny-gpt2", "tiny-llama")
 BOS, EOS, PAD = "<|bos|>", "<|endoftext|>", "<|pad|>"
 
@@ -146,6 +150,7 @@ def build_llm(
     freeze: bool = False,
     dtype: torch.dtype | str | None = None,
     gradient_checkpointing: bool = False,
+    attn_implementation: str = "sdpa",
 ) -> PreTrainedModel:
     """Build the causal LM.
 
@@ -157,6 +162,8 @@ def build_llm(
         freeze: set requires_grad=False on every weight (the base of a LoRA model is frozen by peft anyway).
         dtype: weight dtype, e.g. torch.bfloat16 or "bfloat16" (default: float32 / as saved).
         gradient_checkpointing: recompute activations in the backward pass (LLaMA-8B).
+        attn_implementation: HF attention kernel, 'sdpa', 'flash_attention_2' or 'eager' (:func:`attention_kernel`
+            falls back to 'sdpa' where flash attention cannot run).
 
     Returns:
         A ``transformers`` causal LM.
@@ -164,16 +171,19 @@ def build_llm(
     name_or_path = str(name_or_path)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
+    attn = attention_kernel(attn_implementation)
     if name_or_path in TINY_LLMS:
         if tokenizer is None:
             raise ValueError(f"'{name_or_path}' needs a tokenizer to size its vocabulary")
-        model = AutoModelForCausalLM.from_config(tiny_llm_config(name_or_path, tokenizer))
+        model = AutoModelForCausalLM.from_config(tiny_llm_config(name_or_path, tokenizer), attn_implementation=attn)
         if dtype is not None:
             model = model.to(dtype)
     else:
         path = resolve_local(name_or_path, "LLM")
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(
+                path, local_files_only=True, dtype=dtype, attn_implementation=attn
+            )
         except (OSError, ValueError) as e:
             raise FileNotFoundError(f"no loadable causal LM in {path}: {str(e).splitlines()[0]}") from None
         if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().num_embeddings:
@@ -185,6 +195,20 @@ def build_llm(
     if freeze:
         model.requires_grad_(False)
     return model
+
+
+def attention_kernel(requested: str) -> str:
+    """The HF ``attn_implementation`` to use: ``requested``, except 'flash_attention_2' without CUDA or without the
+    flash-attn package, which falls back to 'sdpa' with a one-line notice."""
+    if requested != "flash_attention_2":
+        return requested
+    import importlib.util
+
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return requested
+    why = "no CUDA device" if not torch.cuda.is_available() else "the flash-attn package is not installed"
+    warn_once(logger, f"model.attn_implementation=flash_attention_2: {why}; using sdpa (PyTorch's attention kernels)")
+    return "sdpa"
 
 
 def apply_lora(

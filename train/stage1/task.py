@@ -37,6 +37,7 @@ from distinctad.data.shardlist import expand_shards
 from distinctad.data.wds_pipeline import DataInfo, get_wds_loader
 from distinctad.train.core import distributed as D
 from distinctad.train.core.config import ConfigError
+from distinctad.train.core.engine import use_pin_memory
 from distinctad.train.core.loop import engine_dtype
 from distinctad.train.core.task import Task
 from distinctad.train.models.clip_ad import (
@@ -205,6 +206,7 @@ class Stage1Task(Task):
                 num_workers=d.num_workers,
                 seed=self.cfg.run.seed,
                 preprocess=self.train_tf if d.augment else self.eval_tf,
+                pin_memory=use_pin_memory(self.cfg.train.host_memory),
             )
             logger.info(
                 "training on %d clips/epoch: %d batches per rank",

@@ -22,6 +22,7 @@ from distinctad.data.synth_default import ensure_synthmad
 from distinctad.data.wds_pipeline import get_wds_loader
 from distinctad.train.core import distributed as D
 from distinctad.train.core.config import ConfigError
+from distinctad.train.core.engine import use_pin_memory
 from distinctad.train.core.task import Task, scalar_stats
 from distinctad.train.core.tracking import Tracker
 from distinctad.train.models.captioner import DistinctADCaptioner, prepare_batch
@@ -128,6 +129,7 @@ class Stage2Task(Task):
             resampled=cfg.data.resampled,
             seed=cfg.run.seed,
         )
+        self.pin = use_pin_memory(cfg.train.host_memory)
 
     def build_model(self) -> torch.nn.Module:
         return DistinctADCaptioner(self.cfg.model, self.tokenizer)
@@ -135,7 +137,8 @@ class Stage2Task(Task):
     def batches(self, epoch: int, skip: int) -> Iterator[dict[str, Any]]:
         self.train_data.set_epoch(epoch, skip_batches=skip)
         for batch in self.train_data.dataloader:
-            yield prepare_batch(batch, self.tokenizer, self.cfg.model)
+            prepared = prepare_batch(batch, self.tokenizer, self.cfg.model)  # built here, so pinned here
+            yield {k: v.pin_memory() for k, v in prepared.items()} if self.pin else prepared
 
     def samples_in(self, batch: dict[str, Any]) -> int:
         return int(batch["clip_mask"].shape[0])
@@ -145,7 +148,7 @@ class Stage2Task(Task):
         return self.train_data.num_skipped
 
     def loss(self, engine, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        out = engine(**{k: v.to(engine.device) for k, v in batch.items()})
+        out = engine(**{k: v.to(engine.device, non_blocking=True) for k, v in batch.items()})
         sync_ema_mean(engine.module)
         return out["loss"], scalar_stats(out)
 

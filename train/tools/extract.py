@@ -42,7 +42,7 @@ import torch
 import webdataset as wds
 from tqdm import tqdm
 
-from distinctad.common import atomic_path, atomic_write_json, init_logger
+from distinctad.common import atomic_path, atomic_write_json, init_logger, set_threads
 from distinctad.data.paths import PathProblem, check_dir, check_output_dir, check_shards, check_weights
 from distinctad.data.shardlist import expand_shards
 from distinctad.data.shards import (
@@ -479,6 +479,7 @@ def main(argv: list[str] | None = None) -> None:
     if distributed:
         D.init_distributed()
     init_logger(rank=D.get_rank())
+    set_threads()  # (init_distributed sets them too; a single process needs it here)
     cfg = ExtractConfig(
         frames=args.frames,
         out=args.out,

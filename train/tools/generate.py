@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     from distinctad.train.core import distributed as D
     from distinctad.train.core.config import ConfigError, load_config
     from distinctad.train.core.engine import build_engine
+    from distinctad.train.core.loop import seed_everything
     from distinctad.train.models.captioner import DistinctADCaptioner
     from distinctad.train.models.llm import load_tokenizer
     from distinctad.train.stage2.config import Stage2Job
@@ -94,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     init_logger(rank=rank)
     tokenizer = load_tokenizer(tok_dir)
     cfg.model.tokenizer = tok_dir
+    # built as the training run built it (same seed): frozen weights the checkpoint left out come out the same
+    seed_everything(cfg.run.seed)
     engine, _ = build_engine(DistinctADCaptioner(cfg.model, tokenizer), cfg.train, cfg.deepspeed)
     checkpoint.load(engine, root, tag, load_optimizer=False)
     gen = GenerationArgs(**{f.name: getattr(args, f.name) for f in dataclasses.fields(GenerationArgs)})
