@@ -44,8 +44,14 @@ def _http_reachable(uri: str, timeout: float = 3.0) -> bool:
 
 
 def metric_name(name: str) -> str:
-    """MLflow metric names allow letters, digits and ``_-. /`` only: ``eval/R@5/16`` -> ``eval/R_at_5/16``."""
-    return re.sub(r"[^\w\-. /]", "_", name.replace("@", "_at_"))
+    """An MLflow metric key: ``eval/R@5/16`` -> ``eval/R_at_5_of_16``, ``eval/Rep@3 GT`` -> ``eval/Rep_at_3_GT``.
+
+    MLflow allows letters, digits and ``_-. /`` only, and its UI makes a chart section of what precedes a "/": a
+    "/" that starts a number is part of a metric's own name (``R@5/16``, ``Distinct-1/16``) and becomes ``_of_``,
+    so the section stays ``eval`` and the chart is ``R_at_5_of_16``; the other "/" keep separating sections.
+    """
+    name = re.sub(r"/(?=\d)", "_of_", name.replace("@", "_at_"))
+    return re.sub(r"[^\w\-./]", "_", name)
 
 
 class BaseLogger:
