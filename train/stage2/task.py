@@ -129,6 +129,15 @@ class Stage2Task(Task):
     def build_model(self) -> torch.nn.Module:
         return DistinctADCaptioner(self.cfg.model, self.tokenizer)
 
+    def datasets(self) -> list[dict]:
+        """The train and eval window shards as MLflow datasets (source folder, manifest digest, counts)."""
+        from distinctad.data.provenance import dataset_record
+
+        records = [dataset_record(self.cfg.data.train_shards, "training")]
+        if self.cfg.eval.enabled:
+            records.append(dataset_record(self.cfg.data.eval_shards, "evaluation"))
+        return [r for r in records if r is not None]
+
     def batches(self, epoch: int, skip: int) -> Iterator[dict[str, Any]]:
         self.train_data.set_epoch(epoch, skip_batches=skip)
         for batch in self.train_data.dataloader:
