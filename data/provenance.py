@@ -70,9 +70,13 @@ def dataset_record(shards: str, context: str) -> dict | None:
         return None
     totals = m.get("totals", {})
     opts = m.get("options", {})
+    name = f"{m.get('kind', 'shards')}-{m.get('split', '?')}"
+    if synthetic_features(shards):
+        name += f" ({SYNTHETIC_LABEL})"
+    elif "extraction" in m:  # written by distinctad-extract
+        name += " (CLIP-AD features)" if m["extraction"].get("adapted") else " (vanilla CLIP features)"
     return {
-        "name": f"{m.get('kind', 'shards')}-{m.get('split', '?')}"
-        + (" (synthetic features)" if synthetic_features(shards) else ""),
+        "name": name,
         "source": str(p.parent.resolve()),
         "digest": hashlib.sha256(p.read_bytes()).hexdigest()[:16],
         "context": context,

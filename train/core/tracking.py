@@ -264,7 +264,15 @@ class ParentRun:
     It uses the client API, not the fluent one, so child jobs can start their own (fluent) runs while it is open.
     """
 
-    def __init__(self, uri: str, experiment: str, run_name: str, enabled: bool = True, resume_run_id: str = ""):
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        run_name: str,
+        enabled: bool = True,
+        resume_run_id: str = "",
+        parent_run_id: str = "",
+    ):
         self.run_id = ""
         self.experiment_id = ""
         self.client = None
@@ -289,7 +297,8 @@ class ParentRun:
                 self.run_id, self.resumed = resume_run_id, True
                 self.client.update_run(resume_run_id, status="RUNNING")
             else:
-                self.run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
+                tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
+                self.run_id = self.client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
         except Exception as e:  # noqa: BLE001
             self.client = None
             warn_once(

@@ -45,6 +45,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--seeds", default="0", help="Seeds, comma-separated; the table shows mean ± std over them.")
     p.add_argument("--out", default="runs/ablation", help="Folder for the rows' run directories and the table.")
     p.add_argument(
+        "--prefix",
+        default="",
+        help="Prefix of the rows' run names and folders ('clipad-' gives clipad-A0-seed0); default none.",
+    )
+    p.add_argument(
         "--baseline",
         default="A0",
         help="Row every other row is compared with (paired bootstrap 95%% interval over ADs pooled over seeds).",
@@ -131,6 +136,7 @@ def run_ablation(argv: list[str] | None = None) -> dict[str, Any]:
         base.tracking.experiment,
         f"ablation-{out.name}",
         enabled=base.tracking.enabled and D.is_master(),
+        parent_run_id=base.tracking.parent_run_id,  # a pipeline's grid nests under the pipeline's run
     )
     parent.log_params(
         {"rows": ",".join(rows), "seeds": args.seeds, "config": config, "train.max_steps": base.train.max_steps}
@@ -142,7 +148,7 @@ def run_ablation(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         for seed in seeds:
             for row in rows:
-                name = f"{row}-seed{seed}"
+                name = f"{args.prefix}{row}-seed{seed}"
                 # the preset comes first: a switch the user overrides explicitly still wins over the row's
                 cfg = load_config(
                     Stage2Job,
@@ -164,7 +170,7 @@ def run_ablation(argv: list[str] | None = None) -> dict[str, Any]:
                 summary = get_job("stage2").run(cfg)
                 results[row].append({k: v for k, v in summary.items() if k.startswith("eval/")})
         switches = {r: PRESETS[r] for r in rows}
-        reports = {row: [latest_report(out / f"{row}-seed{seed}") for seed in seeds] for row in rows}
+        reports = {row: [latest_report(out / f"{args.prefix}{row}-seed{seed}") for seed in seeds] for row in rows}
         backend = next((r["meta"].get("backend") for rs in reports.values() for r in rs if r), base.eval.backend)
         synthetic = synthetic_features(base.data.train_shards or base.data.eval_shards) or not (
             base.data.train_shards and base.data.eval_shards
