@@ -57,6 +57,14 @@ def synthetic_features(shards: str) -> bool:
     return False
 
 
+SYNTHETIC_NOTE = (
+    f"{SYNTHETIC_LABEL}: these windows are SynthMAD feature-mode windows, exact sums of factor embeddings, on which "
+    "subtracting the shared context is trivially right; not numbers to report (use frames -> Stage-I -> "
+    "distinctad-extract features)"
+)
+"""The notice a report scored on such windows carries."""
+
+
 def dataset_record(shards: str, context: str) -> dict | None:
     """An MLflow dataset description of a shard set (None without a manifest).
 

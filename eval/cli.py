@@ -15,6 +15,7 @@ import sys
 from distinctad.common import init_logger
 from distinctad.data import annotations
 from distinctad.data.paths import PathProblem, check_dir, check_file, check_output_file, check_shards
+from distinctad.data.provenance import SYNTHETIC_NOTE, synthetic_features
 from distinctad.eval.captions import CAPTION_METRICS, MAX_TOKENS
 from distinctad.eval.distinctiveness import NEIGHBOUR_BACKENDS
 from distinctad.eval.errors import EvalEnvironmentError, EvalInputError
@@ -256,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     except (EvalInputError, EvalEnvironmentError, PathProblem, OSError) as e:
         raise SystemExit(f"error: {e}") from None
     result["meta"]["inputs"] = {"pred": os.path.abspath(args.pred), "gt": os.path.abspath(args.gt)}
+    if synthetic_features(args.gt):  # ground truth given as SynthMAD feature-mode window shards
+        result["meta"].setdefault("notices", []).append(SYNTHETIC_NOTE)
     paths: tuple[str, ...] = ()
     if args.out:
         paths = write_report(result, args.out)

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from distinctad.data.paths import PathProblem, check_dir, check_output_dir, check_run_paths, check_shards
+from distinctad.data.provenance import SYNTHETIC_NOTE, synthetic_features
 from distinctad.data.synth_default import ensure_synthmad
 from distinctad.data.wds_pipeline import get_wds_loader
 from distinctad.train.core import distributed as D
@@ -299,6 +300,8 @@ def score(
         progress=False,
         allow_missing=bool(empty) or partial,
     )
+    if synthetic_features(cfg.data.eval_shards):
+        result["meta"].setdefault("notices", []).append(SYNTHETIC_NOTE)
     if partial:
         result["meta"]["partial"] = {
             "skipped_samples": reader_skipped,
