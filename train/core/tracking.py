@@ -68,11 +68,14 @@ def shard_dataset(record: dict):
 
 
 def ui_url(host: str, experiment_id: str, run_id: str = "") -> str:
-    """A link into MLflow's UI that opens the model-training view (MLflow 3's UI picks the GenAI or the
-    model-training layout from its ``workflowType`` query parameter, remembered by the browser, not from an
-    experiment tag)."""
-    run = f"/runs/{run_id}" if run_id else ""
-    return f"{host.rstrip('/')}/#/experiments/{experiment_id}{run}?workflowType=machine_learning"
+    """A link into MLflow's UI that opens the model-training view.
+
+    MLflow 3's UI picks the GenAI or the model-training layout from its ``workflowType`` query parameter, else the
+    browser's remembered choice (default GenAI), not from the ``mlflow.experimentKind`` tag (mlflow/mlflow#24498):
+    a link without it opens our experiment on the GenAI overview.
+    """
+    route = ["#", "experiments", experiment_id, *(["runs", run_id] if run_id else [])]
+    return host.rstrip("/") + "/" + "/".join(route) + "?workflowType=machine_learning"
 
 
 def metric_name(name: str) -> str:
@@ -368,7 +371,7 @@ class ParentRun:
             )
 
     def link(self) -> str:
-        """The parent's page in the UI, relative to the server root (``#/experiments/1/runs/...``)."""
+        """The parent's page in the UI, relative to the server root (see :func:`ui_url`)."""
         return ui_url("", self.experiment_id, self.run_id) if self.run_id else ""
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
