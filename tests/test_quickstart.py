@@ -74,8 +74,9 @@ def test_quickstart_runs_end_to_end_and_reuses_finished_steps(tmp_path):
     quick = [r for r in top if r.info.run_name.startswith("quickstart-")]
     assert len(quick) == 1, [r.info.run_name for r in top]
     assert "| CLIP-AD | C3 | 2 |" in quick[0].data.tags["mlflow.note.content"]
-    grids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == quick[0].info.run_id]
-    assert sorted(r.info.run_name for r in grids) == ["ablation-stage2-clipad", "ablation-stage2-vanilla"]
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == quick[0].info.run_id]
+    assert sorted(r.info.run_name for r in nested) == ["ablation-stage2-clipad", "ablation-stage2-vanilla", "stage1"]
+    grids = [r for r in nested if r.info.run_name.startswith("ablation-")]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") in {g.info.run_id for g in grids}]
     assert len(children) == 8 and all("eval/CIDEr" in c.data.metrics for c in children)
     c = next(c for c in children if c.info.run_name == "clipad-C3-seed1")
