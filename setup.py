@@ -40,6 +40,7 @@ setup(
         "open_clip_torch>=2.24",
         "webdataset>=0.2.86",
         "mlflow>=2.14",
+        "psutil",  # MLflow's system metrics (CPU, memory) on training runs
         "pycocoevalcap>=1.2",
         "numpy",
         "pyyaml",

@@ -249,6 +249,7 @@ def score_tokenized(
     labels: Sequence[str] | None = None,
     max_tokens: int | None = MAX_TOKENS,
     java_timeout: float | None = None,
+    item_scores_out: dict[str, list[float]] | None = None,
 ) -> tuple[dict[str, float | None], dict[str, dict[str, float | None]], dict[str, float], list[str]]:
     """Score already tokenized text (one reference per hypothesis).
 
@@ -261,6 +262,9 @@ def score_tokenized(
         labels: a label per AD for notices (e.g. ``"'film' ad_index=3"``); default ``"#i"``.
         max_tokens: sentences longer than this many tokens are cut to it (with a notice); ``None`` or 0: never.
         java_timeout: seconds per METEOR request/answer and for the SPICE run (default: 300 s; SPICE + 1 s/AD).
+        item_scores_out: when given, receives the per-AD scores (×100, aligned with ``refs``) of the metrics that
+            are means of per-AD scores (ROUGE-L, CIDEr, SPICE), keyed like ``"CIDEr"``: what a paired bootstrap
+            over ADs resamples. BLEU and METEOR are corpus statistics and have none.
 
     Returns:
         ``(overall, per_group, timings_s, notices)``: overall scores ×100 keyed like ``"BLEU-4"`` (``None``
@@ -378,6 +382,8 @@ def score_tokenized(
                 score, item_scores = scorer.compute_score(gts, res)
                 item_scores = np.asarray(item_scores, dtype=np.float64)
                 overall[name] = 100 * float(score)
+            if item_scores_out is not None:
+                item_scores_out[name] = [None if math.isnan(v) else 100 * v for v in item_scores.tolist()]
             for g, ids in members.items():
                 per_group[g][name] = _nanmean100(item_scores[ids])
         timings[metric] = time.perf_counter() - t0
@@ -403,6 +409,7 @@ def caption_metrics(
     labels: Sequence[str] | None = None,
     max_tokens: int | None = MAX_TOKENS,
     java_timeout: float | None = None,
+    item_scores_out: dict[str, list[float]] | None = None,
 ) -> tuple[dict[str, float | None], dict[str, dict[str, float | None]], dict[str, float], list[str]]:
     """PTB-tokenize raw references and predictions together, then :func:`score_tokenized`.
 
@@ -432,7 +439,15 @@ def caption_metrics(
                 + (", ..." if len(gone) > NUM_EXAMPLES else "")
             )
     overall, per_group, timings, more = score_tokenized(
-        tok_refs, tok_hyps, metrics, groups, progress, labels=labels, max_tokens=max_tokens, java_timeout=java_timeout
+        tok_refs,
+        tok_hyps,
+        metrics,
+        groups,
+        progress,
+        labels=labels,
+        max_tokens=max_tokens,
+        java_timeout=java_timeout,
+        item_scores_out=item_scores_out,
     )
     return overall, per_group, {"tokenize": t_tok, **timings}, notices + more
 

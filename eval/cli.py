@@ -15,7 +15,9 @@ import sys
 from distinctad.common import init_logger, set_threads
 from distinctad.data import annotations
 from distinctad.data.paths import PathProblem, check_dir, check_file, check_output_file, check_shards
+from distinctad.data.provenance import SYNTHETIC_NOTE, synthetic_features
 from distinctad.eval.captions import CAPTION_METRICS, MAX_TOKENS
+from distinctad.eval.distinctiveness import NEIGHBOUR_BACKENDS
 from distinctad.eval.errors import EvalEnvironmentError, EvalInputError
 from distinctad.eval.harness import evaluate, log_to_mlflow, to_markdown, write_report
 from distinctad.eval.inputs import (
@@ -82,6 +84,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="Local model directory for the embedding backend (an HF encoder) or bertscore (roberta-large).",
     )
     p.add_argument("--device", default=None, help="Torch device for model backends (default: cpu / bert-score's).")
+    p.add_argument(
+        "--distinct-k",
+        type=int,
+        default=3,
+        help="Previous ADs that neighbour repetition (Rep@k) and consecutive duplicates (Dup@k) look at (default 3).",
+    )
+    p.add_argument(
+        "--distinct-n",
+        type=int,
+        default=None,
+        help="ADs per window for distinct-n and distinctive-word recall (default: --recall-n).",
+    )
+    p.add_argument(
+        "--neighbour-backend",
+        choices=NEIGHBOUR_BACKENDS,
+        default="lexical",
+        help="Similarity of neighbour repetition: lexical (default) or recall (the --backend of Recall@k/N).",
+    )
+    p.add_argument("--no-distinct", action="store_true", help="Skip the distinctiveness metrics.")
     p.add_argument(
         "--time-tolerance",
         type=float,
@@ -229,10 +250,16 @@ def main(argv: list[str] | None = None) -> None:
             max_tokens=args.max_tokens,
             java_timeout=args.java_timeout,
             progress=progress,
+            distinct=not args.no_distinct,
+            distinct_k=args.distinct_k,
+            distinct_n=args.distinct_n,
+            neighbour_backend=args.neighbour_backend,
         )
     except (EvalInputError, EvalEnvironmentError, PathProblem, OSError) as e:
         raise SystemExit(f"error: {e}") from None
     result["meta"]["inputs"] = {"pred": os.path.abspath(args.pred), "gt": os.path.abspath(args.gt)}
+    if synthetic_features(args.gt):  # ground truth given as SynthMAD feature-mode window shards
+        result["meta"].setdefault("notices", []).append(SYNTHETIC_NOTE)
     paths: tuple[str, ...] = ()
     if args.out:
         paths = write_report(result, args.out)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from distinctad.eval.captions import CAPTION_METRICS, MAX_TOKENS, METRIC_NAMES, caption_metrics, check_java
+from distinctad.eval.distinctiveness import NEIGHBOUR_BACKENDS, distinctiveness, names
 from distinctad.eval.errors import EvalInputError
 from distinctad.eval.inputs import (
     DEFAULT_TIME_TOLERANCE,
@@ -59,6 +60,10 @@ def evaluate(
     max_tokens: int | None = MAX_TOKENS,
     java_timeout: float | None = None,
     progress: bool | None = None,
+    distinct: bool = True,
+    distinct_k: int = 3,
+    distinct_n: int | None = None,
+    neighbour_backend: str = "lexical",
 ) -> dict:
     """Score predicted ADs against ground truth.
 
@@ -90,12 +95,22 @@ def evaluate(
         java_timeout: seconds for each Java call (PTB tokenizer, METEOR request, SPICE); ``None``: 300 s plus a
             per-sentence allowance.
         progress: tqdm bars (``None``: only on a terminal).
+        distinct: compute the distinctiveness metrics (:mod:`distinctad.eval.distinctiveness`) on the predictions
+            and on the ground truth of the same ADs.
+        distinct_k: k, previous ADs looked at by ``Rep@k`` and ``Dup@k`` (our default 3, the text context's K).
+        distinct_n: N, ADs per window of ``Distinct-n/N`` and ``DW-Recall/N``; ``None`` = ``recall_n``.
+        neighbour_backend: similarity of ``Rep@k``: ``"lexical"`` (default) or ``"recall"`` (the Recall@k/N
+            backend).
 
     Returns:
         A flat dict: ``"BLEU-1"`` .. ``"BLEU-4"``, ``"METEOR"``, ``"ROUGE-L"``, ``"CIDEr"``, ``"SPICE"`` (when run),
-        ``"R@k/N"`` (mean over windows) and ``"R@k/N movie-mean"``, all ×100, ``None`` where undefined;
-        ``"per_movie"``: movie -> the same keys plus ``"ADs"`` and ``"windows"``; ``"meta"``: counts, matching
-        summary (GT duplicates included), backend, Recall@k/N window rule and counts, ``notices`` (one line per
+        ``"R@k/N"`` (mean over windows) and ``"R@k/N movie-mean"``, all ×100, ``None`` where undefined; the
+        distinctiveness keys (``"Rep@3"``, ``"Rep@3 GT"``, ``"Rep@3 ratio"``, ``"Dup@3"``, ``"Dup@3 GT"``,
+        ``"Distinct-1/16"`` (+ ``GT``), ``"Distinct-2/16"`` (+ ``GT``), ``"DW-Recall/16"``);
+        ``"per_movie"``: movie -> the same keys plus ``"ADs"`` and ``"windows"``; ``"per_ad"``: ``"keys"`` (movie,
+        ad_index) and, aligned with them, the per-AD scores of the metrics that are means over ADs (``"CIDEr"``,
+        ``"ROUGE-L"``, ``"R@k/N"``: ×100, None where an AD has none), for paired bootstraps; ``"meta"``: counts,
+        matching summary (GT duplicates included), backend, Recall@k/N window rule and counts, ``notices`` (one line per
         input that makes a score degenerate, with counts) and timings.
 
     Raises:
@@ -117,11 +132,17 @@ def evaluate(
         raise EvalInputError(f"gt_duplicates must be one of {', '.join(GT_DUPLICATE_POLICIES)}, got {gt_duplicates!r}")
     if match_by not in MATCH_BY:
         raise EvalInputError(f"match_by must be one of {', '.join(MATCH_BY)}, got {match_by!r}")
+    if distinct and (distinct_k < 1 or (distinct_n is not None and distinct_n < 1)):
+        raise EvalInputError(f"distinctiveness needs k >= 1 and N >= 1, got k={distinct_k} N={distinct_n}")
+    if neighbour_backend not in NEIGHBOUR_BACKENDS:
+        raise EvalInputError(
+            f"neighbour_backend must be one of {', '.join(NEIGHBOUR_BACKENDS)}, got {neighbour_backend!r}"
+        )
     # Check Java and build the backend first, so a missing dependency fails in a second, not after METEOR.
     if metrics:
         check_java()
     sim_backend = backend
-    if ks and isinstance(backend, str):
+    if (ks or (distinct and neighbour_backend == "recall")) and isinstance(backend, str):
         sim_backend = build_backend(backend, model=backend_model, device=device)
 
     preds = [
@@ -156,6 +177,7 @@ def evaluate(
     for m in movies:
         per_movie[m]["ADs"] = per_movie[m].get("ADs", 0) + 1
     timings: dict[str, float] = {}
+    item_scores: dict[str, list] = {}
 
     if metrics:
         overall, groups, t, n = caption_metrics(
@@ -167,6 +189,7 @@ def evaluate(
             labels=labels,
             max_tokens=max_tokens,
             java_timeout=java_timeout,
+            item_scores_out=item_scores,
         )
         result.update(overall)
         for m, scores in groups.items():
@@ -195,6 +218,11 @@ def evaluate(
                 per_movie[m][name] = _pct(rec.per_movie[m][k])
         for m in per_movie:
             per_movie[m]["windows"] = rec.per_movie[m]["windows"]
+        position = {m: {r.ad_index: i for i, r in enumerate(rs)} for m, rs in _group(matched.references).items()}
+        for k in ks:
+            item_scores[recall_name(k, recall_n)] = [
+                _pct(rec.per_item[p.movie][k][position[p.movie][p.ad_index]]) for p in matched.pairs
+            ]
         notices += _recall_notices(rec, ks, recall_n, len(by_movie))
         timings["recall"] = time.perf_counter() - t0
         recall_meta = {
@@ -208,17 +236,42 @@ def evaluate(
             "tied_text_windows": rec.tied_text_windows,
             "tie_rule": TIE_RULE,
         }
+    distinct_meta = None
+    if distinct:
+        t0 = time.perf_counter()
+        n_window = recall_n if distinct_n is None else distinct_n
+        order = sorted(range(len(matched.pairs)), key=lambda i: (movies[i], matched.pairs[i].ad_index))
+        texts: dict[str, tuple[list[str], list[str]]] = {}
+        for i in order:
+            texts.setdefault(movies[i], ([], []))
+            texts[movies[i]][0].append(hyps[i])
+            texts[movies[i]][1].append(gts[i])
+        overall_d, movies_d, rep_backend = distinctiveness(
+            texts, k=distinct_k, window=n_window, backend=neighbour_backend, recall_backend=sim_backend
+        )
+        result.update(overall_d)
+        for m, scores in movies_d.items():
+            per_movie[m].update(scores)
+        timings["distinctiveness"] = time.perf_counter() - t0
+        distinct_meta = {
+            "k": distinct_k,
+            "N": n_window,
+            "neighbour_backend": rep_backend,
+            "keys": names(distinct_k, n_window),
+        }
     timings["total"] = time.perf_counter() - t_start
     for line in notices[num_warned:]:
         logger.info("%s", line)
 
     result["per_movie"] = {m: per_movie[m] for m in sorted(per_movie)}
+    result["per_ad"] = {"keys": [[p.movie, p.ad_index] for p in matched.pairs], **item_scores}
     result["meta"] = {
         "num_ads": len(matched.pairs),
         "num_movies": len(per_movie),
         "metrics": list(metrics),
         "backend": backend_name,
         "recall": recall_meta,
+        "distinctiveness": distinct_meta,
         "matching": matched.summary(),
         "normalization": normalize.describe()
         if isinstance(normalize, Normalizer)
@@ -228,6 +281,14 @@ def evaluate(
         "timings_s": timings,
     }
     return result
+
+
+def _group(refs: Iterable[Any]) -> dict[str, list[Any]]:
+    """References by movie, in their order."""
+    out: dict[str, list[Any]] = defaultdict(list)
+    for r in refs:
+        out[r.movie].append(r)
+    return out
 
 
 def _examples(items: Sequence[str]) -> str:
@@ -337,10 +398,44 @@ def to_markdown(result: dict, title: str = "DistinctAD evaluation") -> str:
         for movie, scores in per_movie.items():
             cells = [_fmt(scores.get(c)) for c in extra + movie_cols]
             lines.append(f"| {movie} | " + " | ".join(cells) + " |")
+    lines += _distinct_markdown(result)
     notes = list(meta.get("notices", [])) + list(meta.get("matching", {}).get("problems", []))
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def _distinct_markdown(result: dict) -> list[str]:
+    """The distinctiveness section: predictions beside the ground truth, overall and per movie."""
+    d = result.get("meta", {}).get("distinctiveness")
+    if not d:
+        return []
+    key = d["keys"]
+    lines = [
+        "",
+        "## Distinctiveness",
+        "",
+        f"Neighbour repetition over the k={d['k']} previous ADs (similarity: {d['neighbour_backend']}); distinct-n "
+        f"and distinctive-word recall over windows of N={d['N']} ADs. ×100; the ratio is predictions / ground truth.",
+        "",
+        "| Metric | Predictions | Ground truth | Ratio |",
+        "|---|---:|---:|---:|",
+        f"| {key['rep']} (neighbour repetition) | {_fmt(result.get(key['rep']))} | {_fmt(result.get(key['rep_gt']))} "
+        f"| {_fmt(result.get(key['rep_ratio']))} |",
+        f"| {key['dup']} (consecutive duplicates) | {_fmt(result.get(key['dup']))} | "
+        f"{_fmt(result.get(key['dup_gt']))} | |",
+    ]
+    for n in ("d1", "d2"):
+        lines.append(f"| {key[n]} | {_fmt(result.get(key[n]))} | {_fmt(result.get(key[n + '_gt']))} | |")
+    lines.append(f"| {key['dw']} (distinctive-word recall) | {_fmt(result.get(key['dw']))} | | |")
+    per_movie = result.get("per_movie", {})
+    if per_movie:
+        cols = [key[c] for c in ("rep", "rep_gt", "rep_ratio", "dup", "dup_gt", "d1", "d1_gt", "d2", "d2_gt", "dw")]
+        lines += ["", "### Distinctiveness per movie", "", "| Movie | " + " | ".join(cols) + " |"]
+        lines.append("|---|" + "---:|" * len(cols))
+        for movie, scores in per_movie.items():
+            lines.append(f"| {movie} | " + " | ".join(_fmt(scores.get(c)) for c in cols) + " |")
+    return lines
 
 
 def write_report(result: dict, prefix: str | os.PathLike) -> tuple[str, str]:
@@ -355,8 +450,12 @@ def write_report(result: dict, prefix: str | os.PathLike) -> tuple[str, str]:
 
 
 def mlflow_metric_name(name: str) -> str:
-    """MLflow keys allow letters, digits, ``_-. /``: ``"R@5/16"`` -> ``"R_at_5/16"``, spaces -> ``_``."""
-    return name.replace("@", "_at_").replace(" ", "_")
+    """One metric name as an MLflow key: ``"R@5/16"`` -> ``"R_at_5_of_16"``, ``"Rep@3 GT"`` -> ``"Rep_at_3_GT"``.
+
+    MLflow keys allow letters, digits and ``_-. /``, and its UI groups charts by what comes before a "/", so a "/"
+    inside a metric's own name (``R@5/16``) would make a section per prefix holding a chart titled "16": it becomes
+    ``_of_``."""
+    return name.replace("@", "_at_").replace("/", "_of_").replace(" ", "_")
 
 
 def log_to_mlflow(

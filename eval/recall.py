@@ -78,6 +78,9 @@ class RecallResult:
         short_movies: movies with fewer than N ground-truth ADs (no window at all).
         tied_text_windows: scored windows in which two ground truths have the same text (their ADs tie, so even a
             perfect prediction misses at small k).
+        per_item: movie -> k -> per AD (in the movie's order) the mean hit over the scored windows that hold it,
+            None for an AD in no scored window; the mean over a window's ADs is that window's hit rate, so these
+            are the per-AD scores a paired bootstrap resamples.
     """
 
     ks: tuple[int, ...]
@@ -90,6 +93,7 @@ class RecallResult:
     num_skipped: int = 0
     short_movies: list[str] = field(default_factory=list)
     tied_text_windows: int = 0
+    per_item: dict[str, dict[int, list[float | None]]] = field(default_factory=dict)
 
 
 def recall_at_k(
@@ -136,13 +140,20 @@ def recall_at_k(
     with tqdm(total=total, desc=f"R@k/{window} windows", disable=None if progress is None else not progress) as bar:
         for movie, preds, refs, starts, skipped in plan:
             movie_hits: dict[int, list[float]] = {k: [] for k in ks}
+            item_hits = {k: np.zeros(len(refs)) for k in ks}
+            item_windows = np.zeros(len(refs))
             for s in starts:
                 gts = refs[s : s + window]
                 result.tied_text_windows += len(set(gts)) < len(gts)
                 ranks = paired_ranks(backend.similarity(preds[s : s + window], gts))
+                item_windows[s : s + window] += 1
                 for k in ks:
                     movie_hits[k].append(float(np.mean(ranks <= k)))
+                    item_hits[k][s : s + window] += ranks <= k
                 bar.update(1)
+            result.per_item[movie] = {
+                k: [float(h / c) if c else None for h, c in zip(item_hits[k], item_windows)] for k in ks
+            }
             entry: dict = {"windows": len(starts), "windows_skipped": skipped}
             for k in ks:
                 entry[k] = float(np.mean(movie_hits[k])) if starts else None

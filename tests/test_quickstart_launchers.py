@@ -1,8 +1,9 @@
-"""The quick start runs the launchers next to it, not the installed checkout's (issue 14.12).
+"""The quick start runs the launchers and configs next to it, not the installed checkout's (issue 14.12).
 
 The fault: ``bash CLONE/launch/quickstart.sh`` printed and ran ``INSTALLED/launch/stage1.sh`` whenever
-``pip install -e`` pointed at another checkout. Here a second clone's ``launch/`` has stub job launchers (and a stub
-``distinctad-extract`` comes first on PATH), so the test sees which files each step runs without training anything.
+``pip install -e`` pointed at another checkout. Here a second clone's ``launch/`` has a stub Stage-I launcher, and
+stub ``distinctad-extract`` and ``distinctad-ablate`` come first on PATH, so the test sees which files each step
+runs without training anything.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ echo "STUB-STAGE1 $0"
 while [ $# -gt 0 ]; do if [ "$1" = "--run.out_dir" ]; then out="$2"; fi; shift; done
 mkdir -p "$out/clip_ad" && echo '{"finished": true}' > "$out/summary.json"
 """
-STAGE2_STUB = """#!/usr/bin/env bash
-echo "STUB-STAGE2 $0"
+ABLATE_STUB = """#!/usr/bin/env bash
+echo "STUB-ABLATE $1"
 exit 3
 """
 EXTRACT_STUB = """#!/usr/bin/env bash
@@ -41,10 +42,10 @@ def test_quickstart_runs_the_launchers_of_its_own_clone(tmp_path):
     clone = tmp_path / "other-clone"
     shutil.copytree(REPO / "launch", clone / "launch")
     _executable(clone / "launch/stage1.sh", STAGE1_STUB)
-    _executable(clone / "launch/stage2.sh", STAGE2_STUB)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     _executable(bin_dir / "distinctad-extract", EXTRACT_STUB)
+    _executable(bin_dir / "distinctad-ablate", ABLATE_STUB)  # Stage-II: the grid runner, given this clone's config
 
     work = tmp_path / "qs"
     proc = run_failing(
@@ -62,6 +63,9 @@ def test_quickstart_runs_the_launchers_of_its_own_clone(tmp_path):
     launch = clone.resolve() / "launch"
     assert f"[Stage-I (CLIP-AD)]  $ bash {launch}/stage1.sh {launch}/configs/stage1.yaml" in out, out[-3000:]
     assert f"STUB-STAGE1 {launch}/stage1.sh" in out
-    assert f"$ bash {launch}/stage2.sh {launch}/configs/stage2.yaml" in out and f"STUB-STAGE2 {launch}/stage2.sh" in out
+    assert (
+        f"$ distinctad-ablate {launch}/configs/stage2.yaml" in out
+        and f"STUB-ABLATE {launch}/configs/stage2.yaml" in out
+    )
     assert str(REPO / "launch") not in out  # nothing of the installed checkout's launch/ ran
-    assert proc.returncode != 0 and "error: step 'Stage-II vanilla-A0' failed (exit 3)" in proc.stderr
+    assert proc.returncode != 0 and "error: step 'Stage-II vanilla (A0 x 3 seeds)' failed (exit 3)" in proc.stderr

@@ -256,8 +256,8 @@ def test_cli_logs_to_mlflow(tmp_path, monkeypatch):
     runs = mlflow.search_runs(experiment_names=["eval-test"], output_format="list")
     assert len(runs) == 1
     run = runs[0]
-    assert run.data.metrics["eval/R_at_1/2"] == pytest.approx(res["R@1/2"])
-    assert run.data.metrics["eval/movie/film.one/R_at_1/2"] == pytest.approx(100 * (1 + 0.5 + 1) / 3)
+    assert run.data.metrics["eval/R_at_1_of_2"] == pytest.approx(res["R@1/2"])
+    assert run.data.metrics["eval/movie/film.one/R_at_1_of_2"] == pytest.approx(100 * (1 + 0.5 + 1) / 3)
     assert run.data.params["backend"].startswith("lexical") and run.info.run_name == "preds"
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert artifacts == {"rep.json", "rep.md"}

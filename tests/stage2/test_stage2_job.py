@@ -181,8 +181,14 @@ def test_ablation_runner_writes_all_eight_rows(synth, tmp_path):
         timeout=600,
     )
     table = (tmp_path / "abl/ablation.md").read_text()
-    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| row")]
+    assert "SynthMAD, synthetic features" in table.splitlines()[0]  # the embedded default is feature mode
+    grid, diffs = table.split("Differences from A0")
+    rows = [line for line in grid.splitlines() if line.startswith("| ") and not line.startswith("| row")]
     assert [r.split("|")[1].strip() for r in rows] == ["A0", "B1", "B2", "B3", "C0", "C1", "C2", "C3"]
+    assert "| R@5/16 (lexical) |" in grid and "Δ R@5/16 (lexical) [95% CI]" in diffs
+    assert [line.split("|")[1].strip() for line in diffs.splitlines() if " − A0 |" in line] == [
+        f"{r} − A0" for r in ("B1", "B2", "B3", "C0", "C1", "C2", "C3")
+    ]
     results = json.loads((tmp_path / "abl/ablation.json").read_text())
     assert all(len(results[r]) == 1 and "eval/CIDEr" in results[r][0] for r in results)
     mlflow.set_tracking_uri(uri)
@@ -191,3 +197,6 @@ def test_ablation_runner_writes_all_eight_rows(synth, tmp_path):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(parents) == 1 and len(children) == 8
     assert {c.info.run_name for c in children} == {f"{r}-seed0" for r in results}
+    assert "Differences from A0" in parents[0].data.tags["mlflow.note.content"]
+    assert "rows/R_at_5_of_16_lexical" in parents[0].data.metrics  # one series, step = row: one chart
+    assert all("eval/CIDEr" in c.data.metrics for c in children)

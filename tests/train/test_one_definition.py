@@ -69,10 +69,13 @@ def test_generate_cli_and_quickstart_read_generation_args():
 
 def test_results_tables_share_their_columns():
     from distinctad.train.tools import ablate, quickstart
+    from distinctad.train.tools.compare import column_label
 
     assert quickstart.COLUMNS is ablate.COLUMNS
     table = quickstart.results_table({"clipad-C3": {c: float(i) for i, c in enumerate(ablate.COLUMNS)}})
-    assert table.splitlines()[0] == "| features | config | " + " | ".join(ablate.COLUMNS) + " |"
+    labels = [column_label(c, "lexical") for c in ablate.COLUMNS]
+    assert table.splitlines()[0].startswith("| features | config | seeds | " + " | ".join(labels) + " |")
+    assert "R@5/16 (lexical)" in labels
 
 
 def test_samples_and_predictions_are_written_by_the_eval_writer_only():

@@ -54,7 +54,7 @@ from distinctad.train.core.config import config_hash, flatten, save_config, to_d
 from distinctad.train.core.engine import apply_optimizer_settings, build_ds_config, build_engine
 from distinctad.train.core.params import DeepSpeedArgs, RunArgs, TrackingArgs, TrainArgs
 from distinctad.train.core.task import Task
-from distinctad.train.core.tracking import Tracker
+from distinctad.train.core.tracking import DESCRIPTION_TAG, Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -254,6 +254,10 @@ def fit(task: Task, cfg: Any, *, job: str) -> dict[str, Any]:
         atomic_write_json(run_dir / "ds_config.json", ds_cfg)
         tracker.log_artifact(run_dir / "config.yaml")
         tracker.log_artifact(run_dir / "ds_config.json")
+        for record in task.datasets():
+            tracker.log_dataset(record)
+        if track.parent_run_id:  # the child's description links back to the run that groups it
+            tracker.set_tags({DESCRIPTION_TAG: f"Part of parent run `{track.parent_run_id}` (see *Parent run* above)."})
 
     status = "FAILED"
     try:
@@ -406,6 +410,7 @@ def _train(
         "skipped_samples": state.skipped_samples,
         "world_size": D.get_world_size(),
         "finished": state.step >= train.max_steps,
+        "mlflow_run_id": tracker.run_id or "",
         **val,
     }
     # Where this launch's time went (rank 0's view): waiting for data, compute, evaluation, checkpoints.

@@ -59,6 +59,10 @@ class Task:
         """Extra MLflow params logged at start-up beside the config (e.g. trainable-parameter counts)."""
         return {}
 
+    def datasets(self) -> list[dict]:
+        """What the run reads, as ``distinctad.data.provenance.dataset_record`` dicts, logged as MLflow inputs."""
+        return []
+
     def skipped_samples(self) -> int:
         """Corrupt or unusable samples this rank's reader skipped in this process so far (the loop sums ranks)."""
         return 0

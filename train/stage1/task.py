@@ -156,6 +156,13 @@ class Stage1Task(Task):
         self._vanilla_metrics: dict[str, float] | None = None
         self._figure: dict[str, Any] | None = None
 
+    def datasets(self) -> list[dict]:
+        """The train and eval frames shards as MLflow datasets (source folder, manifest digest, counts)."""
+        from distinctad.data.provenance import dataset_record
+
+        pairs = ((self.train_spec, "training"), (self.eval_spec, "evaluation"))
+        return [r for spec, ctx in pairs if spec and (r := dataset_record(spec, ctx)) is not None]
+
     # -- model ---------------------------------------------------------------------------------------------------
 
     def build_model(self) -> nn.Module:

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from distinctad.data.paths import PathProblem, check_dir, check_output_dir, check_run_paths, check_shards
+from distinctad.data.provenance import SYNTHETIC_NOTE, synthetic_features
 from distinctad.data.synth_default import ensure_synthmad
 from distinctad.data.wds_pipeline import get_wds_loader
 from distinctad.train.core import distributed as D
@@ -133,6 +134,15 @@ class Stage2Task(Task):
 
     def build_model(self) -> torch.nn.Module:
         return DistinctADCaptioner(self.cfg.model, self.tokenizer)
+
+    def datasets(self) -> list[dict]:
+        """The train and eval window shards as MLflow datasets (source folder, manifest digest, counts)."""
+        from distinctad.data.provenance import dataset_record
+
+        records = [dataset_record(self.cfg.data.train_shards, "training")]
+        if self.cfg.eval.enabled:
+            records.append(dataset_record(self.cfg.data.eval_shards, "evaluation"))
+        return [r for r in records if r is not None]
 
     def batches(self, epoch: int, skip: int) -> Iterator[dict[str, Any]]:
         self.train_data.set_epoch(epoch, skip_batches=skip)
@@ -307,6 +317,8 @@ def score(
         progress=False,
         allow_missing=bool(empty) or partial,
     )
+    if synthetic_features(cfg.data.eval_shards):
+        result["meta"].setdefault("notices", []).append(SYNTHETIC_NOTE)
     if partial:
         result["meta"]["partial"] = {
             "skipped_samples": reader_skipped,

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -21,8 +22,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distinctad.common import atomic_write_text
+from distinctad.data.provenance import SYNTHETIC_LABEL, synthetic_features
 from distinctad.train.models.captioner_config import GenerationArgs
 from distinctad.train.tools.ablate import COLUMNS
+from distinctad.train.tools.compare import (
+    DISTINCT_COLUMNS,
+    column_label,
+    difference_table,
+    fmt,
+    latest_report,
+    mlflow_column,
+)
+
+FEATURES = {"vanilla": "vanilla CLIP", "clipad": "CLIP-AD"}
 
 REPO = Path(__file__).resolve().parents[2]
 """The installed checkout; its ``launch/`` is only the default of :func:`main`'s ``launch_dir``."""
@@ -36,9 +48,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--movies", type=int, default=4, help="SynthMAD movies (the last one is the eval split).")
     p.add_argument("--ads-per-movie", type=int, default=48, help="SynthMAD ADs per movie.")
     p.add_argument("--stage1-steps", type=int, default=120, help="Stage-I optimizer steps.")
-    p.add_argument("--stage2-steps", type=int, default=300, help="Stage-II optimizer steps per configuration.")
+    p.add_argument(
+        "--stage2-steps",
+        type=int,
+        default=100,
+        help="Stage-II optimizer steps per configuration and seed (3 seeds x 100 = the 300 of one seed before).",
+    )
     p.add_argument("--configs", default="A0,C3", help="Table D.2 rows to train in Stage-II (comma-separated).")
-    p.add_argument("--seed", type=int, default=0, help="Seed of the data and of every run.")
+    p.add_argument("--seed", type=int, default=0, help="Seed of the data, of Stage-I and of the feature extraction.")
+    p.add_argument(
+        "--seeds",
+        default="0,1,2",
+        help="Stage-II seeds, comma-separated: every configuration trains once per seed, and the table gives mean ± "
+        "std and whether C3 - A0 is significant (paired bootstrap over ADs pooled over seeds).",
+    )
     p.add_argument("--num-beams", type=int, default=GenerationArgs().num_beams, help="Beam width of generation.")
     p.add_argument("--experiment", default="distinctad-quickstart", help="MLflow experiment.")
     p.add_argument(
@@ -104,7 +127,17 @@ def main(argv: list[str] | None = None, launch_dir: str | os.PathLike | None = N
         shutil.rmtree(work / "runs", ignore_errors=True)
         shutil.rmtree(work / "results", ignore_errors=True)
     uri = tracking_uri(args.tracking_uri)
-    parent = ParentRun(uri, args.experiment, f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}")
+    # a re-run reuses the parent of the first (stored beside the results): no second parent with the same numbers
+    parent_file = work / "results" / "mlflow_parent.json"
+    previous = json.loads(parent_file.read_text()) if parent_file.is_file() else {}
+    parent = ParentRun(
+        uri,
+        args.experiment,
+        f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}",
+        resume_run_id=previous.get("run_id", "") if previous.get("uri") == uri else "",
+    )
+    if parent.run_id and not parent.resumed:
+        atomic_write_text(parent_file, json.dumps({"uri": uri, "run_id": parent.run_id}) + "\n")
     env = {"MLFLOW_TRACKING_URI": uri, "HF_HUB_OFFLINE": "1"}
     track = [
         "--tracking.uri",
@@ -121,7 +154,7 @@ def main(argv: list[str] | None = None, launch_dir: str | os.PathLike | None = N
         status = "FINISHED"
     finally:
         parent.close(status)
-    _print_closing(results, timer, work, uri)
+    _print_closing(results, timer, work, uri, parent)
 
 
 def _pipeline(args, work: Path, track: list[str], env: dict[str, str], timer: StepTimer, parent) -> dict:
@@ -235,87 +268,102 @@ def _pipeline(args, work: Path, track: list[str], env: dict[str, str], timer: St
             )
         feats_ready[name] = (shards / f"feats-{name}-train", shards / f"feats-{name}-eval")
 
-    # 4. Stage-II, 5. generation, 6. evaluation, per (features, configuration)
-    results: dict[str, dict] = {}
+    # 4. Stage-II: each feature set's configurations x seeds in one distinctad-ablate process (train + in-process
+    # generation and scoring: every child run carries its own eval metrics, report and samples)
+    results: dict[str, list[dict]] = {}
     dim = json.loads((shards / "feats-vanilla-train" / "manifest.json").read_text()).get("feature_dim", 64)
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    rows = [r.strip() for r in args.configs.split(",") if r.strip()]
+    gen = GenerationArgs()
     for feat, (train_dir, eval_dir) in feats_ready.items():
-        for row in [r.strip() for r in args.configs.split(",") if r.strip()]:
-            name = f"{feat}-{row}"
-            run_dir = runs / f"stage2-{name}"
-            run_step(
-                f"Stage-II {name}",
-                [
-                    "bash",
-                    str(launch / "stage2.sh"),
-                    str(launch / "configs/stage2.yaml"),
-                    "--run.name",
-                    f"stage2-{name}",
-                    "--run.out_dir",
-                    str(run_dir),
-                    "--run.seed",
-                    str(args.seed),
-                    "--train.max_steps",
-                    str(args.stage2_steps),
-                    "--data.train_shards",
-                    str(train_dir),
-                    "--data.eval_shards",
-                    str(eval_dir),
-                    "--model.feature_dim",
-                    str(dim),
-                    "--model.preset",
-                    row,
-                    "--eval.enabled",
-                    "false",
-                    *track,
-                ],
-                done=finished(run_dir),
-                timer=timer,
-                env=env,
-            )
-            preds = res / f"{name}_predictions.jsonl"
-            run_step(
-                f"generate {name}",
-                [
-                    "distinctad-generate",
-                    "--ckpt",
-                    str(run_dir),
-                    "--shards",
-                    str(eval_dir),
-                    "--out",
-                    str(preds),
-                    "--num-beams",
-                    str(args.num_beams),
-                ],
-                done=preds.is_file(),
-                timer=timer,
-                env=env,
-            )
-            report = res / f"{name}_report"
-            run_step(
-                f"evaluate {name}",
-                ["distinctad-eval", "--pred", str(preds), "--gt", str(eval_dir), "--out", str(report), "--no-progress"],
-                done=Path(f"{report}.json").is_file(),
-                timer=timer,
-                env=env,
-            )
-            results[name] = json.loads(Path(f"{report}.json").read_text())
-            parent.log_artifact(f"{report}.md", "eval")
-            parent.log_artifact(_samples_table(preds, eval_dir, res / f"{name}_samples.md"), "samples")
-            parent.log_metrics({f"{name}/{c}": results[name][c] for c in COLUMNS if c in results[name]})
-    table = results_table(results)
+        out = runs / f"stage2-{feat}"
+        run_step(
+            f"Stage-II {feat} ({','.join(rows)} x {len(seeds)} seeds)",
+            [
+                "distinctad-ablate",
+                str(launch / "configs/stage2.yaml"),
+                "--rows",
+                ",".join(rows),
+                "--seeds",
+                ",".join(map(str, seeds)),
+                "--prefix",
+                f"{feat}-",
+                "--out",
+                str(out),
+                "--train.max_steps",
+                str(args.stage2_steps),
+                "--data.train_shards",
+                str(train_dir),
+                "--data.eval_shards",
+                str(eval_dir),
+                "--model.feature_dim",
+                str(dim),
+                "--eval.generation.num_beams",
+                str(args.num_beams),
+                "--eval.generation.max_new_tokens",
+                str(gen.max_new_tokens),
+                *track,
+            ],
+            done=(out / "ablation.md").is_file()
+            and all(finished(out / f"{feat}-{r}-seed{sd}") for r in rows for sd in seeds),
+            timer=timer,
+            env=env,
+        )
+        for row in rows:
+            results[f"{feat}-{row}"] = [latest_report(out / f"{feat}-{row}-seed{sd}") or {} for sd in seeds]
+
+    # 5. generation and 6. evaluation as separate commands, the recipe for scoring any checkpoint (CLIP-AD, the
+    # last configuration, first seed): the same ADs and scores as that run's own evaluation
+    feat, row = "clipad", rows[-1]
+    name, run_dir, eval_dir = (
+        f"{feat}-{row}",
+        runs / f"stage2-{feat}" / f"{feat}-{row}-seed{seeds[0]}",
+        feats_ready[feat][1],
+    )
+    preds = res / f"{name}_predictions.jsonl"
+    run_step(
+        f"generate {name}",
+        ["distinctad-generate", "--ckpt", str(run_dir), "--shards", str(eval_dir), "--out", str(preds)]
+        + ["--num-beams", str(args.num_beams)],
+        done=preds.is_file(),
+        timer=timer,
+        env=env,
+    )
+    report = res / f"{name}_report"
+    run_step(
+        f"evaluate {name}",
+        ["distinctad-eval", "--pred", str(preds), "--gt", str(eval_dir), "--out", str(report), "--no-progress"],
+        done=Path(f"{report}.json").is_file(),
+        timer=timer,
+        env=env,
+    )
+    _samples_table(preds, eval_dir, res / f"{name}_samples.md")
+    table = results_table(results, synthetic=synthetic_features(str(shards / "feats-clipad-train")))
     atomic_write_text(res / "results.md", table)
-    parent.log_artifact(res / "results.md")
+    if not parent.resumed or any(status == "ran" for _, _, status in timer.rows):
+        parent.log_artifact(res / "results.md")
+        parent.set_description(f"# DistinctAD quick start (SynthMAD)\n\n{table}")
+        backend = next((r["meta"].get("backend") for rs in results.values() for r in rs), None)
+        for c in COLUMNS + DISTINCT_COLUMNS:
+            means = {
+                name: statistics.mean(v)
+                for name, rs in results.items()
+                if (v := [r[c] for r in rs if isinstance(r.get(c), (int, float))])
+            }
+            if means:
+                parent.log_configs(f"configs/{mlflow_column(c, backend)}", means)
     _describe_eval_movie(args, synth, runs, res / "described", timer, env)
     return results
 
 
 def _describe_eval_movie(args, synth: Path, runs: Path, out: Path, timer: StepTimer, env: dict[str, str]) -> None:
     """7. From a film file to its AD track: describe the first eval movie with the Stage-I export and the last
-    CLIP-AD Stage-II run just trained (narrated when espeak-ng is installed)."""
+    CLIP-AD Stage-II configuration just trained (first seed) (narrated when espeak-ng is installed)."""
     import shutil
 
     movie = json.loads((synth / "splits.json").read_text())["EVAL"][0]
     rows = [r.strip() for r in args.configs.split(",") if r.strip()]
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     narrate = ["--narrate"] if shutil.which("espeak-ng") else []
     run_step(
         f"describe {movie}",
@@ -323,7 +371,7 @@ def _describe_eval_movie(args, synth: Path, runs: Path, out: Path, timer: StepTi
             "distinctad-describe",
             str(synth / "videos" / f"{movie}.mp4"),
             "--stage2",
-            str(runs / f"stage2-clipad-{rows[-1]}"),
+            str(runs / "stage2-clipad" / f"clipad-{rows[-1]}-seed{seeds[0]}"),
             "--clip-ad",
             str(runs / "stage1"),
             "--out",
@@ -339,14 +387,27 @@ def _describe_eval_movie(args, synth: Path, runs: Path, out: Path, timer: StepTi
     )
 
 
-def results_table(results: dict[str, dict]) -> str:
-    lines = ["| features | config | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---:|" * len(COLUMNS)]
-    for name, r in results.items():
+def results_table(results: dict[str, list[dict] | dict], *, synthetic: bool = False, resamples: int = 2000) -> str:
+    """Mean ± std over seeds per (features, configuration), then C3 − A0 per feature set with its paired-bootstrap
+    95% interval (``*``: significant). ``results``: ``"<features>-<row>"`` -> the eval reports, one per seed."""
+    runs = {k: (v if isinstance(v, list) else [v]) for k, v in results.items()}
+    backend = next((r.get("meta", {}).get("backend") for rs in runs.values() for r in rs), None)
+    cols = COLUMNS + DISTINCT_COLUMNS
+    labels = [column_label(c, backend) for c in cols]
+    lines = ["| features | config | seeds | " + " | ".join(labels) + " |", "|---|---|---:|" + "---:|" * len(cols)]
+    for name, rs in runs.items():
         feat, row = name.split("-", 1)
-        label = {"vanilla": "vanilla CLIP", "clipad": "CLIP-AD"}.get(feat, feat)
-        vals = [f"{r[c]:.2f}" if isinstance(r.get(c), (int, float)) else "–" for c in COLUMNS]
-        lines.append(f"| {label} | {row} | " + " | ".join(vals) + " |")
-    return "\n".join(lines) + "\n"
+        vals = [fmt([r[c] for r in rs if isinstance(r.get(c), (int, float))]) for c in cols]
+        lines.append(f"| {FEATURES.get(feat, feat)} | {row} | {len(rs)} | " + " | ".join(vals) + " |")
+    out = "\n".join(lines) + "\n"
+    for feat in dict.fromkeys(n.split("-", 1)[0] for n in runs):
+        a0, c3 = runs.get(f"{feat}-A0"), runs.get(f"{feat}-C3")
+        if a0 and c3 and len(a0) == len(c3):
+            diff, _ = difference_table(["C3"], {"C3": c3}, a0, cols, backend, resamples=resamples)
+            out += f"\n{FEATURES.get(feat, feat)} features. " + diff
+    if synthetic:
+        out += f"\nOn {SYNTHETIC_LABEL} (SynthMAD feature mode): not numbers to report.\n"
+    return out
 
 
 def _samples_table(preds: Path, gt_shards: Path, out: Path, n: int = 24) -> Path:
@@ -358,24 +419,26 @@ def _samples_table(preds: Path, gt_shards: Path, out: Path, n: int = 24) -> Path
     return write_samples_table(out, first, read_shard_references(str(gt_shards)))
 
 
-def _print_closing(results: dict, timer: StepTimer, work: Path, uri: str) -> None:
-    print("\n== results (SynthMAD eval split; R@5/16 with the lexical backend) ==\n")
-    print(results_table(results))
+def _print_closing(results: dict, timer: StepTimer, work: Path, uri: str, parent=None) -> None:
+    seeds = max((len(v) for v in results.values()), default=0)
+    print(f"\n== results (SynthMAD eval split; mean ± std over {seeds} Stage-II seed(s)) ==\n")
+    print((work / "results" / "results.md").read_text())
     print("== time per step ==")
     total = 0.0
     for name, secs, status in timer.rows:
         total += secs
-        print(f"  {name:<28} {secs:7.1f} s  {status}")
-    print(f"  {'total':<28} {total:7.1f} s")
+        print(f"  {name:<36} {secs:7.1f} s  {status}")
+    print(f"  {'total':<36} {total:7.1f} s")
     print(f"\nTable: {work / 'results' / 'results.md'}")
     described = work / "results" / "described"
     for track in sorted(described.glob("*.ad.vtt")):
         mkv = track.with_name(track.name.replace(".vtt", ".mkv"))
         print(f"AD track: {track}" + (f"   narrated film: {mkv}" if mkv.is_file() else ""))
         print(f"Preview:  {described / 'index.html'}   (open it in a browser)")
+    link = parent.link() if parent is not None else ""
     print(
         f"Look at the runs:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
-        "   (then open http://127.0.0.1:5000)"
+        f"   (then open http://127.0.0.1:5000{link or '/#/experiments?workflowType=machine_learning'})"
     )
 
 
