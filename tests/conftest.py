@@ -33,6 +33,19 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_torch_state():
+    """Code under test must not change process-wide torch state behind the caller's back (autograd switched off,
+    a default dtype, deterministic mode): it silently breaks every later test that trains in this process."""
+    before = (torch.is_grad_enabled(), torch.get_default_dtype(), torch.are_deterministic_algorithms_enabled())
+    yield
+    after = (torch.is_grad_enabled(), torch.get_default_dtype(), torch.are_deterministic_algorithms_enabled())
+    torch.set_grad_enabled(before[0])
+    torch.set_default_dtype(before[1])
+    torch.use_deterministic_algorithms(before[2])
+    assert after == before, f"the test left torch (grad enabled, default dtype, deterministic) at {after}, not {before}"
+
+
 @pytest.fixture
 def launcher_env(monkeypatch):
     """For jobs run in this process: whatever launcher variables ``init_distributed`` fills in are removed again

@@ -65,7 +65,6 @@ def detect_speech(
     import torch
     from silero_vad import VADIterator, load_silero_vad
 
-    torch.set_grad_enabled(False)
     model = load_silero_vad()
     vad = VADIterator(
         model,
@@ -85,7 +84,8 @@ def detect_speech(
         chunks = torch.from_numpy(np.ascontiguousarray(block[:usable])).view(-1, VAD_WINDOW)
         carry = block[usable:]
         for chunk in chunks:
-            event = vad(chunk, return_seconds=False)
+            with torch.no_grad():  # scoped: never switch autograd off for the whole process
+                event = vad(chunk, return_seconds=False)
             if event:
                 if "start" in event:
                     start = event["start"] / VAD_RATE
