@@ -22,6 +22,17 @@ REPO = REPO_ROOT
 """The source checkout (launchers and configs are under ``REPO / "launch"``)."""
 
 TRIVIAL_YAML = str(REPO / "launch/configs/trivial.yaml")
+# the smallest Stage-II captioner the tests build: CaptionerConfig(**TINY_CAPTIONER, ...) (shapes only, no meaning)
+TINY_CAPTIONER = dict(
+    feature_dim=16,
+    d_model=32,
+    num_latents=4,
+    perceiver_layers=1,
+    perceiver_heads=4,
+    num_bases=8,
+    context_ads=2,
+    llm="tiny-gpt2",
+)
 
 
 def free_port() -> int:

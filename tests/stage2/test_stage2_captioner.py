@@ -3,19 +3,11 @@
 import pytest
 import torch
 
+from distinctad.testing import TINY_CAPTIONER
 from distinctad.train.models.captioner import CaptionerConfig, DistinctADCaptioner, build_captioner, prepare_batch
 from distinctad.train.models.captioner_config import GenerationArgs
 
-TINY = dict(
-    feature_dim=16,
-    d_model=32,
-    num_latents=4,
-    perceiver_layers=1,
-    perceiver_heads=4,
-    num_bases=8,
-    context_ads=2,
-    llm="tiny-gpt2",
-)
+TINY = TINY_CAPTIONER
 
 
 def test_prepare_batch_layout(tokenizer, make_batch):

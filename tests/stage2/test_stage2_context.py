@@ -4,20 +4,12 @@ import pytest
 import torch
 
 import distinctad.train.models.captioner as captioner_mod
+from distinctad.testing import TINY_CAPTIONER
 from distinctad.train.models.captioner import CaptionerConfig, DistinctADCaptioner, prepare_batch
 from distinctad.train.models.captioner_config import GenerationArgs
 from distinctad.train.stage2.context import generate_in_context, with_context
 
-TINY = dict(
-    feature_dim=16,
-    d_model=32,
-    num_latents=4,
-    perceiver_layers=1,
-    perceiver_heads=4,
-    num_bases=8,
-    context_ads=2,
-    llm="tiny-gpt2",
-)
+TINY = TINY_CAPTIONER
 GEN = GenerationArgs(num_beams=1, max_new_tokens=6)
 
 

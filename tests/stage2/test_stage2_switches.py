@@ -5,22 +5,14 @@ import dataclasses
 import pytest
 import torch
 
+from distinctad.testing import TINY_CAPTIONER
 from distinctad.train.core.config import ConfigError, from_dict, load_config
 from distinctad.train.models.captioner import DistinctADCaptioner, prepare_batch
 from distinctad.train.models.captioner_config import PRESETS, CaptionerConfig
 from distinctad.train.models.distinctive_prompt import DistinctivePrompt
 from distinctad.train.stage2.config import Stage2Job
 
-TINY = dict(
-    feature_dim=16,
-    d_model=32,
-    num_latents=4,
-    perceiver_layers=1,
-    perceiver_heads=4,
-    num_bases=8,
-    llm="tiny-gpt2",
-    context_ads=2,
-)
+TINY = TINY_CAPTIONER
 
 
 def test_prompt_paths_by_hand():
