@@ -60,6 +60,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def load_stage2_checkpoint(ckpt: str):
+    """``(engine, tokenizer, cfg, root, tag)`` of a Stage-II run directory (its latest checkpoint) or checkpoint folder.
+
+    The checkpoint's ``config.yaml`` rebuilds the model as the training run built it (same seed, so frozen weights a
+    checkpoint left out come out the same) and DeepSpeed loads the weights (any ZeRO stage). A tokenizer folder
+    beside the run is used when the recorded one has moved. Call ``init_distributed`` first.
+
+    Raises:
+        CheckpointError: no checkpoint under ``ckpt``.
+        ConfigError: its ``config.yaml`` does not load.
+    """
+    from distinctad.train.core import checkpoint
+    from distinctad.train.core.config import load_config
+    from distinctad.train.core.engine import build_engine
+    from distinctad.train.core.loop import seed_everything
+    from distinctad.train.models.captioner import DistinctADCaptioner
+    from distinctad.train.models.llm import load_tokenizer
+    from distinctad.train.stage2.config import Stage2Job
+
+    root, tag = checkpoint.find_checkpoint(ckpt)
+    cfg = load_config(Stage2Job, root / tag / "config.yaml")
+    tok_dir = cfg.model.tokenizer or cfg.model.llm
+    if not Path(tok_dir).exists() and (root.parent / "tokenizer").is_dir():
+        tok_dir = str(root.parent / "tokenizer")  # the run directory was moved
+    tokenizer = load_tokenizer(tok_dir)
+    cfg.model.tokenizer = tok_dir
+    seed_everything(cfg.run.seed)
+    engine, _ = build_engine(DistinctADCaptioner(cfg.model, tokenizer), cfg.train, cfg.deepspeed)
+    checkpoint.load(engine, root, tag, load_optimizer=False)
+    return engine, tokenizer, cfg, root, tag
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from distinctad.data.paths import PathProblem, check_dir, check_output_file, check_shards
@@ -75,30 +107,15 @@ def main(argv: list[str] | None = None) -> None:
     from distinctad.eval.outputs import write_predictions
     from distinctad.train.core import checkpoint
     from distinctad.train.core import distributed as D
-    from distinctad.train.core.config import ConfigError, load_config
-    from distinctad.train.core.engine import build_engine
-    from distinctad.train.core.loop import seed_everything
-    from distinctad.train.models.captioner import DistinctADCaptioner
-    from distinctad.train.models.llm import load_tokenizer
-    from distinctad.train.stage2.config import Stage2Job
+    from distinctad.train.core.config import ConfigError
     from distinctad.train.stage2.task import predict
 
-    try:
-        root, tag = checkpoint.find_checkpoint(args.ckpt)
-        cfg = load_config(Stage2Job, root / tag / "config.yaml")
-    except (checkpoint.CheckpointError, ConfigError) as e:
-        raise SystemExit(f"error: {e}") from None
-    tok_dir = cfg.model.tokenizer or cfg.model.llm
-    if not Path(tok_dir).exists() and (root.parent / "tokenizer").is_dir():
-        tok_dir = str(root.parent / "tokenizer")  # the run directory was moved
     _, rank, _ = D.init_distributed()
     init_logger(rank=rank)
-    tokenizer = load_tokenizer(tok_dir)
-    cfg.model.tokenizer = tok_dir
-    # built as the training run built it (same seed): frozen weights the checkpoint left out come out the same
-    seed_everything(cfg.run.seed)
-    engine, _ = build_engine(DistinctADCaptioner(cfg.model, tokenizer), cfg.train, cfg.deepspeed)
-    checkpoint.load(engine, root, tag, load_optimizer=False)
+    try:
+        engine, tokenizer, cfg, root, tag = load_stage2_checkpoint(args.ckpt)
+    except (checkpoint.CheckpointError, ConfigError) as e:
+        raise SystemExit(f"error: {e}") from None
     gen = GenerationArgs(**{f.name: getattr(args, f.name) for f in dataclasses.fields(GenerationArgs)})
     engine.eval()
     stats: dict[str, int] = {}

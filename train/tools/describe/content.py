@@ -13,7 +13,6 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,26 +42,15 @@ def load_captioner(ckpt: str):
     from distinctad.common import init_logger
     from distinctad.train.core import checkpoint
     from distinctad.train.core import distributed as D
-    from distinctad.train.core.config import ConfigError, load_config
-    from distinctad.train.core.engine import build_engine
-    from distinctad.train.models.captioner import DistinctADCaptioner
-    from distinctad.train.models.llm import load_tokenizer
-    from distinctad.train.stage2.config import Stage2Job
+    from distinctad.train.core.config import ConfigError
+    from distinctad.train.tools.generate import load_stage2_checkpoint
 
-    try:
-        root, tag = checkpoint.find_checkpoint(ckpt)
-        cfg = load_config(Stage2Job, root / tag / "config.yaml")
-    except (checkpoint.CheckpointError, ConfigError) as e:
-        raise DescribeError(f"--stage2: {e}") from None
-    tok_dir = cfg.model.tokenizer or cfg.model.llm
-    if not Path(tok_dir).exists() and (root.parent / "tokenizer").is_dir():
-        tok_dir = str(root.parent / "tokenizer")  # the run directory was moved
     D.init_distributed()
     init_logger()
-    tokenizer = load_tokenizer(tok_dir)
-    cfg.model.tokenizer = tok_dir
-    engine, _ = build_engine(DistinctADCaptioner(cfg.model, tokenizer), cfg.train, cfg.deepspeed)
-    checkpoint.load(engine, root, tag, load_optimizer=False)
+    try:
+        engine, tokenizer, cfg, _, _ = load_stage2_checkpoint(ckpt)
+    except (checkpoint.CheckpointError, ConfigError) as e:
+        raise DescribeError(f"--stage2: {e}") from None
     model = engine.module.eval()
     digest = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
