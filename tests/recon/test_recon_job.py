@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from distinctad.data import ASSETS
+from distinctad.train.core.checkpoint import FROZEN
 from distinctad.train.recon.table import main as table_main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,6 +113,8 @@ def runs(tmp_path_factory) -> dict[str, tuple[Path, str]]:
             str(root / "cls" / "clip"),
             "--model.pretrain_steps",
             "0",
+            "--train.save_frozen",
+            "true",  # this run's checkpoint keeps the frozen parts, so they can be compared after training
         ),
         root,
     )
@@ -156,16 +159,26 @@ def test_run_writes_table_predictions_and_projector(runs, mode):
     assert (run_dir / "projector" / "projector.safetensors").is_file()
 
 
-@pytest.mark.parametrize("mode", ["cls", "words"])
-def test_clip_and_lm_are_bit_identical_after_training(runs, mode):
+def _checkpoint(run_dir: Path) -> dict:
+    path = run_dir / "checkpoints" / f"step_{STEPS:08d}" / "mp_rank_00_model_states.pt"
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_default_checkpoint_holds_only_the_projector(runs):
+    """train.save_frozen=false (the default): the frozen CLIP text tower and LM are left out of the checkpoint."""
+    saved = _checkpoint(runs["cls"][0])
+    assert set(saved["module"]) == {"projector.weight", "projector.bias"}
+    record = saved[FROZEN]
+    assert record["excluded"] and any(k.startswith("llm.") for k in record["shapes"])
+    assert any(k.startswith("clip.clip.") for k in record["shapes"])
+
+
+def test_clip_and_lm_are_bit_identical_after_training(runs):
+    """The run with train.save_frozen=true: its checkpoint's frozen parts equal the saved parts it started from."""
     import safetensors.torch
 
-    run_dir, _ = runs[mode]
-    state = torch.load(
-        run_dir / "checkpoints" / f"step_{STEPS:08d}" / "mp_rank_00_model_states.pt",
-        map_location="cpu",
-        weights_only=False,
-    )["module"]
+    run_dir, _ = runs["words"]
+    state = _checkpoint(run_dir)["module"]
     trained = {k: v for k, v in state.items() if k.startswith("projector.")}
     assert set(trained) == {"projector.weight", "projector.bias"}
     parts = runs["cls"][0]

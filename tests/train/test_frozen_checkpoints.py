@@ -111,6 +111,9 @@ def test_checkpoint_leaves_the_frozen_base_out_resumes_bit_exact_and_generates_t
     trainable_numel = sum(math.prod(s) for group in state["param_shapes"] for s in group.values())
     assert record["excluded"] and frozen and frozen_numel > trainable_numel / 4
     assert not set(frozen) & set(state["module"]), "frozen weights were saved"
+    trainable = {name for group in state["param_shapes"] for name in group}
+    tied = [k for k in state["module"] if k.endswith("lm_head.weight") and k not in trainable]
+    assert not tied, f"a frozen weight saved under a tied name: {tied}"  # GPT-2's lm_head is wte
     assert "frozen_param_fragments" not in state or not state["frozen_param_fragments"]
     size = sum(f.stat().st_size for f in step.iterdir() if f.is_file())
     overhead = 192 * 1024  # pickled client state, RNG states, fingerprints, buffers (EMA centres), file headers

@@ -216,12 +216,15 @@ def frozen_record(model: torch.nn.Module) -> dict[str, Any]:
     shapes: dict[str, list[int]] = {}
     prints: dict[str, list[float]] = {}
     numel = 0
+    seen: set[int] = set()
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for name, p in model.named_parameters(remove_duplicate=False):  # tied names too (GPT-2's lm_head = wte)
             if p.requires_grad:
                 continue
             shapes[name] = list(getattr(p, "ds_shape", p.shape))
-            numel += p.numel()
+            if id(p) not in seen:  # a tied tensor counts once
+                seen.add(id(p))
+                numel += p.numel()
             s = sq = 0.0
             for chunk in p.detach().reshape(-1).split(1 << 24):  # float64 copies of 16M elements at most
                 c = chunk.double()
@@ -258,6 +261,29 @@ def check_frozen(now: dict[str, Any] | None, saved: dict[str, Any] | None, where
         )
 
 
+def drop_tied_frozen_aliases(engine) -> None:
+    """Make ``engine.module_state_dict(exclude_frozen_parameters=True)`` leave out every name of a frozen tensor.
+
+    DeepSpeed removes the names ``named_parameters()`` yields, and that lists a tied weight once: GPT-2's
+    ``lm_head.weight`` (the same tensor as ``transformer.wte.weight``) stayed in every checkpoint, a whole
+    vocabulary x width matrix of frozen weights. Idempotent; the model re-ties the alias when it is rebuilt.
+    """
+    if getattr(engine, "_distinctad_drops_tied", False):
+        return
+    original = engine.module_state_dict
+
+    def module_state_dict(*args, exclude_frozen_parameters: bool = False, **kwargs):
+        sd = original(*args, exclude_frozen_parameters=exclude_frozen_parameters, **kwargs)
+        if exclude_frozen_parameters and sd is not None:
+            for name, p in engine.module.named_parameters(remove_duplicate=False):
+                if not p.requires_grad:
+                    sd.pop(name, None)
+        return sd
+
+    engine.module_state_dict = module_state_dict
+    engine._distinctad_drops_tied = True
+
+
 # ---------------------------------------------------------------- save / resume
 
 
@@ -290,6 +316,8 @@ def save(engine, ckpt_dir: str | Path, step: int, client_state: dict[str, Any], 
     # Every rank's RNG goes into the state rank 0 writes, so each rank can restore its own stream.
     client_state = {**client_state, "rng": D.all_gather_object(rng_state())}
     exclude = not getattr(getattr(cfg, "train", None), "save_frozen", False)
+    if exclude:
+        drop_tied_frozen_aliases(engine)
     frozen = getattr(engine, "distinctad_frozen", None)
     if frozen is not None:
         client_state[FROZEN] = {"shapes": frozen["shapes"], "fingerprints": frozen["fingerprints"], "excluded": exclude}
