@@ -12,11 +12,17 @@ from pathlib import Path
 import pytest
 
 from distinctad.common import REPO_ROOT
+from distinctad.train.models.captioner_config import GenerationArgs
 
 espeak = pytest.mark.skipif(
     shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (.ci/run installs it)"
 )
-FAST = dict(num_beams=2, max_new_tokens=6, window=3, clip_model="distinctad-tiny", progress=False)
+FAST = dict(
+    generation=GenerationArgs(num_beams=2, max_new_tokens=6, batch_size=1),
+    window=3,
+    clip_model="distinctad-tiny",
+    progress=False,
+)
 
 
 @contextlib.contextmanager

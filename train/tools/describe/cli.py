@@ -23,8 +23,11 @@ import logging
 import os
 import sys
 
+from distinctad.train.models.captioner_config import GenerationArgs
 from distinctad.train.tools.describe.fit import MIN_WORDS, WPM
 from distinctad.train.tools.describe.slots import MARGIN_S, MAX_SLOT_S, MIN_GAP_S
+
+GENERATION = GenerationArgs()  # decoding defaults live in GenerationArgs only
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -81,10 +84,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--num-beams",
         type=int,
-        default=5,
+        default=GENERATION.num_beams,
         help="Beam width; every beam is a candidate when fitting an AD to its slot (default %(default)s).",
     )
-    p.add_argument("--max-new-tokens", type=int, default=67, help="Longest AD in tokens (default %(default)s).")
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=GENERATION.max_new_tokens,
+        help="Longest AD in tokens (default %(default)s).",
+    )
     p.add_argument("--narrate", action="store_true", help="Also speak the ADs (espeak-ng) into MOVIE.ad.mkv.")
     p.add_argument(
         "--duck", type=float, default=0.25, help="Film-audio gain under narration (default %(default)s, about -12 dB)."
@@ -145,8 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         window=args.window,
         wpm=args.wpm,
         min_words=args.min_words,
-        num_beams=args.num_beams,
-        max_new_tokens=args.max_new_tokens,
+        generation=GenerationArgs(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, batch_size=1),
         narrate=args.narrate,
         duck=args.duck,
         min_duration=args.min_duration,

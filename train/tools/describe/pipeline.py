@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distinctad.train.models.captioner_config import GenerationArgs
 from distinctad.train.tools.describe import cache as C
 from distinctad.train.tools.describe.content import DescribeError
 from distinctad.train.tools.describe.fit import MIN_WORDS, WPM, estimate_seconds, fit
@@ -43,8 +44,7 @@ class DescribeOptions:
     window: int = 16
     wpm: float = WPM
     min_words: int = MIN_WORDS
-    num_beams: int = 5
-    max_new_tokens: int = 67
+    generation: GenerationArgs = field(default_factory=lambda: GenerationArgs(batch_size=1))  # beams = candidates
     narrate: bool = False
     duck: float = 0.25
     min_duration: float = MIN_FILM_S
@@ -210,11 +210,10 @@ def describe(opts: DescribeOptions) -> dict:
 def _generate(opts, movie_id, slots, feats, store, k_feats):
     from tqdm import tqdm
 
-    from distinctad.train.models.captioner_config import GenerationArgs
     from distinctad.train.stage2.context import generate_candidates
     from distinctad.train.tools.describe.content import load_captioner, window_batch
 
-    gen = GenerationArgs(num_beams=opts.num_beams, max_new_tokens=opts.max_new_tokens, batch_size=1)
+    gen = dataclasses.replace(opts.generation, batch_size=1)
     measure = _measure(opts)
     model = tokenizer = None
     k_model = None
@@ -241,7 +240,7 @@ def _generate(opts, movie_id, slots, feats, store, k_feats):
         if rec is None:
             # no ground truth exists: blank sentences, and the model's own last K ADs as the text context
             batch = window_batch(movie_id, feats[lo : lo + len(group)], lo, context)
-            cands = generate_candidates(model, tokenizer, batch, gen, num_return=max(1, opts.num_beams))[0]
+            cands = generate_candidates(model, tokenizer, batch, gen, num_return=max(1, gen.num_beams))[0]
             fitted = [fit(c, s.duration, measure, opts.min_words) for c, s in zip(cands, group)]
             rec = store.put_json(
                 "window",
