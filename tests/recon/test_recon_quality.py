@@ -1,13 +1,15 @@
 """Table A.1's direction with tiny stand-ins: the `words` projector reconstructs ADs better than `cls`.
 
 Real MAD-Eval text: train on the ADs of 9 movies, reconstruct every AD of the 10th. The frozen parts are a random
-`distinctad-recon-tiny` CLIP text tower (512 wide, 1 layer) and a tiny GPT-2 pre-trained for about two minutes on
-the training ADs with copy rows (:func:`pretrain_lm`), standing in for pre-trained GPT-2. Both rows use the very same
-frozen parts and the same projector recipe; only what the projector sees differs. Scores come from the eval harness.
+`distinctad-recon-tiny` CLIP text tower (512 wide, 1 layer) and a tiny GPT-2 pre-trained for 1500 steps (about five
+minutes of one core) on the training ADs with copy rows (:func:`pretrain_lm`), standing in for pre-trained GPT-2. Both
+rows use the very same frozen parts and the same projector recipe; only what the projector sees differs. Scores come
+from the eval harness.
 
-The loop is a plain PyTorch one over cached CLIP outputs (the tower is frozen, so they never change): the job itself
-(DeepSpeed, checkpoints, MLflow) is covered by test_recon_job.py, and recomputing the tower every step would make
-this test several minutes longer.
+The loop is a plain PyTorch one, on one thread, over cached CLIP outputs (the tower is frozen, so they never change,
+and both rows share them): the job itself (DeepSpeed, checkpoints, MLflow) is covered by test_recon_job.py, and
+recomputing the tower every step would make this test several minutes longer. Shorter recipes were tried and lost
+an assertion (400-800 pre-training steps with 2-4 projector epochs: `words` lost its lead, or a loss fell < 10%).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from distinctad.data import ASSETS
 from distinctad.data.annotations import read_annotations
 from distinctad.eval import evaluate
 from distinctad.train.core.engine import warmup_cosine
-from distinctad.train.models.clip_ad import build_clip_ad
+from distinctad.train.models.clip_ad import build_clip_ad, text_token_outputs
 from distinctad.train.models.llm import build_llm, train_bpe_tokenizer
+from distinctad.train.recon import model as recon_model
 from distinctad.train.recon.lm import pretrain_lm
 from distinctad.train.recon.model import ReconModel, collate
 
@@ -28,39 +31,45 @@ MADEVAL_CSV = ASSETS / "madeval_anno.csv"
 EVAL_MOVIE = "3074_THE_ROOMMATE"
 pytestmark = pytest.mark.slow
 CLIP_MODEL = "distinctad-recon-tiny"
+SEED = 0
+VOCAB = 2000
+PRETRAIN = dict(steps=1500, batch_size=32, block_size=64, lr=3e-3, repeat=1.0)
 EPOCHS, BATCH, LR = 4, 32, 3e-2
+NEW_TOKENS = 40
 
 
-class CachedCLIP:
-    """Memoises a frozen model's ``clip_features`` per AD (keyed by its CLIP token row)."""
+class CachedTower:
+    """Memoises the frozen CLIP text tower's outputs per AD (keyed by its CLIP token row), for both rows.
 
-    def __init__(self, model: ReconModel):
-        self.compute = model.clip_features
+    Stands in for :func:`~distinctad.train.models.clip_ad.text_token_outputs` inside the recon model, so the real
+    ``clip_features`` still picks the pooled vector (``cls``) or the word tokens (``words``) from it. Both rows build
+    the very same tower (same seed, checked in the fixture), so each AD goes through it once, not once per row.
+    Positions after an AD's EOT are stored as zeros: no row reads them (``words`` masks them out).
+    """
+
+    def __init__(self):
         self.cache: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def __call__(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, clip, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         keys = [tuple(row.tolist()) for row in tokens]
         missing = [i for i, k in enumerate(keys) if k not in self.cache]
         if missing:
-            feats, mask = self.compute(tokens[missing])
+            per_token, pooled = text_token_outputs(clip, tokens[missing])  # (M, ctx, E), (M, E)
             for j, i in enumerate(missing):
-                self.cache[keys[i]] = (feats[j], mask[j])
-        width = max(len(self.cache[k][0]) for k in keys)
-        feats = torch.zeros(len(keys), width, self.cache[keys[0]][0].shape[-1])  # (B, P, E)
-        mask = torch.zeros(len(keys), width, dtype=torch.bool)  # (B, P)
+                n = int((tokens[i] != 0).sum())  # SOT .. EOT; open_clip pads with 0
+                self.cache[keys[i]] = (per_token[j, :n].clone(), pooled[j])
+        per_token = torch.zeros(*tokens.shape, self.cache[keys[0]][1].shape[-1])  # (B, ctx, E)
         for i, k in enumerate(keys):
-            f, m = self.cache[k]
-            feats[i, : len(f)], mask[i, : len(m)] = f, m
-        return feats, mask
+            per_token[i, : len(self.cache[k][0])] = self.cache[k][0]
+        return per_token, torch.stack([self.cache[k][1] for k in keys])  # (B, ctx, E), (B, E)
 
 
 def train_projector(model: ReconModel, tokenizer, texts: list[str]) -> list[float]:
     """The projector alone, AdamW, EPOCHS passes, warm-up then cosine; returns the step losses."""
-    model.clip_features = CachedCLIP(model)
     steps = EPOCHS * (len(texts) // BATCH)
     opt = torch.optim.AdamW(model.projector.parameters(), lr=LR, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, 20, steps, 0.1))
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(SEED)
     order: list[int] = []
     losses = []
     model.train()
@@ -80,25 +89,37 @@ def train_projector(model: ReconModel, tokenizer, texts: list[str]) -> list[floa
 
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory) -> dict[str, dict]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: a second thread gains nothing, and on a busy machine it costs
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(recon_model, "text_token_outputs", CachedTower())
+            return build_rows(tmp_path_factory.mktemp("tok"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def build_rows(tok_dir) -> dict[str, dict]:
     ads = [a for a in read_annotations(str(MADEVAL_CSV), bad_utf8="repair").ads if a.sentence.strip()]
     train = [a.sentence.strip() for a in ads if a.movie != EVAL_MOVIE]
     evals = [a for a in ads if a.movie == EVAL_MOVIE]
-    tokenizer = train_bpe_tokenizer(train, 2000, tmp_path_factory.mktemp("tok"))
-    torch.manual_seed(0)
+    tokenizer = train_bpe_tokenizer(train, VOCAB, tok_dir)
+    torch.manual_seed(SEED)
     lm = build_llm("tiny-gpt2", tokenizer)
-    pretrain_lm(train, tokenizer, lm, steps=1500, batch_size=32, block_size=64, lr=3e-3, repeat=1.0, progress=False)
+    pretrain_lm(train, tokenizer, lm, **PRETRAIN, seed=SEED, progress=False)
     frozen_lm = {k: v.clone() for k, v in lm.state_dict().items()}
-    out = {}
+    out, towers = {}, []
     for mode in ("cls", "words"):
-        torch.manual_seed(0)  # the same random CLIP tower and the same projector init for both rows
+        torch.manual_seed(SEED)  # the same random CLIP tower and the same projector init for both rows
         clip = build_clip_ad(CLIP_MODEL, skip_punctuation=False)
         lm.load_state_dict(frozen_lm)
         model = ReconModel(clip, lm, tokenizer, mode)
+        towers.append(model.clip.state_dict())
         losses = train_projector(model, tokenizer, train)
         texts = []
         for i in range(0, len(evals), 64):
             texts += model.reconstruct(
-                [a.sentence for a in evals[i : i + 64]], tokenizer, max_new_tokens=40, no_repeat_ngram_size=3
+                [a.sentence for a in evals[i : i + 64]], tokenizer, max_new_tokens=NEW_TOKENS, no_repeat_ngram_size=3
             )
         preds = [{"movie": a.movie, "ad_index": a.ad_index, "text": t} for a, t in zip(evals, texts, strict=True)]
         metrics = evaluate(preds, evals, metrics=("bleu", "cider"), recall_k=None, progress=False)
@@ -107,6 +128,7 @@ def rows(tmp_path_factory) -> dict[str, dict]:
             f"{mode}: {len(evals)} eval ADs, projector loss {losses[0]:.2f} -> {sum(losses[-50:]) / 50:.2f}, "
             f"BLEU-1 {metrics['BLEU-1']:.1f}, BLEU-4 {metrics['BLEU-4']:.1f}, CIDEr {metrics['CIDEr']:.1f}"
         )
+    assert all(torch.equal(a, b) for a, b in zip(towers[0].values(), towers[1].values(), strict=True))  # CachedTower
     return out
 
 
