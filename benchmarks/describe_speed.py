@@ -97,11 +97,10 @@ def make_film(path: Path, minutes: float, fps: int = 25, w: int = 640, h: int = 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     from distinctad.train.models.captioner import CaptionerConfig, DistinctADCaptioner
     from distinctad.train.models.captioner_config import GenerationArgs
-    from distinctad.train.models.llm import train_bpe_tokenizer
+    from distinctad.train.models.llm import random_gpt2_124m, train_bpe_tokenizer
     from distinctad.train.stage2.context import generate_candidates
     from distinctad.train.tools.describe.content import encode_slots, load_vision_tower, window_batch
     from distinctad.train.tools.describe.fit import estimate_seconds, fit
@@ -137,14 +136,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tok = train_bpe_tokenizer(sentences * 20, 500, tmp)
     cfg = CaptionerConfig(llm="tiny-gpt2", feature_dim=512, d_model=768, alpha_path=True, beta_path=True)
-    llm = GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=len(tok),
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-        )
-    )
+    llm = random_gpt2_124m(tok)
     model = DistinctADCaptioner(cfg, tok, llm=llm).to(args.device).eval()
     gen = GenerationArgs(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
 

@@ -152,10 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
     set_threads(args.threads or None)  # as every job does (or the number asked for)
     if args.rows:
         return compare_rows(args)
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     from distinctad.train.models.captioner import CaptionerConfig, DistinctADCaptioner, prepare_batch
-    from distinctad.train.models.llm import train_bpe_tokenizer
+    from distinctad.train.models.llm import random_gpt2_124m, train_bpe_tokenizer
 
     torch.manual_seed(0)
     batch = make_batch(args.windows, args.clips, args.frames, args.feature_dim)
@@ -175,14 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     llm = None
     if args.llm == "gpt2-124m":
-        llm = GPT2LMHeadModel(
-            GPT2Config(
-                vocab_size=len(tok),
-                bos_token_id=tok.bos_token_id,
-                eos_token_id=tok.eos_token_id,
-                pad_token_id=tok.pad_token_id,
-            )
-        )
+        llm = random_gpt2_124m(tok)
     model = DistinctADCaptioner(cfg, tok, llm=llm).to(args.device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     prepared = {k: v.to(args.device) for k, v in prepare_batch(batch, tok, cfg).items()}

@@ -295,3 +295,18 @@ def generate_settings(decoding: dict[str, Any], pad_id: int, eos_id: int, bos_id
     return dict(
         **decoding, min_new_tokens=1, do_sample=False, pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=bos_id
     )
+
+
+def random_gpt2_124m(tokenizer):
+    """GPT-2 124M's shape (``GPT2Config()`` defaults: 12 layers, 768 wide, 12 heads) with random weights and
+    ``tokenizer``'s vocabulary and special tokens: for benchmarks that time the paper's model shape offline."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
