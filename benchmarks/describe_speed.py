@@ -8,7 +8,8 @@ ambience with espeak-ng lines every few seconds. The phases run the describe pip
 (PyAV, resampled to 16 kHz), VAD (silero-vad, decode included), shots (PySceneDetect), frames + CLIP encode
 (ViT-B/32, random weights), generation + fit (the Stage-II captioner with GPT-2 124M blocks, random weights, beam 5,
 the model's own previous ADs as context), TTS + ducking + mux (espeak-ng, PyAV). Random weights never emit <eos>, so
-every AD runs to ``--max-new-tokens`` (67 by default): generation is timed at its worst case. The LM head has the
+every AD runs to the describe pipeline's cap: ``--max-new-tokens`` (67) lowered per window to what its longest slot
+can speak at 160 words/min (``content.token_cap``): generation is timed at its worst case. The LM head has the
 BPE tokenizer's vocabulary (a few hundred), not GPT-2's 50257: that part of each step is not timed.
 
 Goal (issue 18): a 2-hour film in under 30 minutes on 2 CPU cores, i.e. <= 0.25x real time. The machine's load
@@ -36,6 +37,9 @@ def parse_args(argv):
     p.add_argument("--device", default="cpu", help="Torch device of CLIP and the captioner.")
     p.add_argument("--num-beams", type=int, default=5, help="Beam width (our default 5).")
     p.add_argument("--max-new-tokens", type=int, default=67, help="Longest AD in tokens (our default 67).")
+    p.add_argument(
+        "--precision", choices=("auto", "fp32", "bf16"), default="auto", help="As distinctad-describe --precision."
+    )
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (the goal is for 2 cores).")
     return p.parse_args(argv)
 
@@ -101,9 +105,14 @@ def main(argv=None) -> dict:
     from distinctad.train.models.captioner import CaptionerConfig, DistinctADCaptioner
     from distinctad.train.models.captioner_config import GenerationArgs
     from distinctad.train.models.llm import random_gpt2_124m, train_bpe_tokenizer
-    from distinctad.train.stage2.context import generate_candidates
-    from distinctad.train.tools.describe.content import encode_slots, load_vision_tower, window_batch
-    from distinctad.train.tools.describe.fit import estimate_seconds, fit
+    from distinctad.train.tools.describe.content import (
+        encode_slots,
+        generate_window,
+        load_vision_tower,
+        resolve_precision,
+        window_batch,
+    )
+    from distinctad.train.tools.describe.fit import estimate_seconds
     from distinctad.train.tools.describe.media import audio_blocks, probe
     from distinctad.train.tools.describe.narrate import mux_described
     from distinctad.train.tools.describe.slots import detect_shots, detect_speech, make_slots
@@ -127,7 +136,9 @@ def main(argv=None) -> dict:
     speech = timed("decode + VAD", detect_speech, film, info.duration, progress=False)
     cuts = timed("shots", detect_shots, film, info.fps, progress=False)
     slots = make_slots(speech, cuts, info.duration)
+    dtype = resolve_precision(args.precision, args.device)
     clip, eval_tf, _ = load_vision_tower("", "ViT-B-32", 0, args.device)
+    clip = clip.to(dtype)
     feats = timed("frames + CLIP encode", encode_slots, film, slots, clip, eval_tf, progress=False)
 
     sentences = [
@@ -137,7 +148,7 @@ def main(argv=None) -> dict:
         tok = train_bpe_tokenizer(sentences * 20, 500, tmp)
     cfg = CaptionerConfig(llm="tiny-gpt2", feature_dim=512, d_model=768, alpha_path=True, beta_path=True)
     llm = random_gpt2_124m(tok)
-    model = DistinctADCaptioner(cfg, tok, llm=llm).to(args.device).eval()
+    model = DistinctADCaptioner(cfg, tok, llm=llm).to(args.device, dtype).eval()
     gen = GenerationArgs(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
 
     def generate():
@@ -145,9 +156,8 @@ def main(argv=None) -> dict:
         for lo in range(0, len(slots), 16):
             group = slots[lo : lo + 16]
             batch = window_batch(film.stem, feats[lo : lo + len(group)], lo, history[-cfg.context_ads :])
-            cands = generate_candidates(model, tok, batch, gen, num_return=args.num_beams)[0]
-            for i, (c, s) in enumerate(zip(cands, group)):
-                f = fit(c, s.duration, estimate_seconds)
+            _, fitted = generate_window(model, tok, batch, gen, group, estimate_seconds, 160.0, 3)
+            for i, (f, s) in enumerate(zip(fitted, group)):
                 history.append(f.text)
                 cues.append({"index": lo + i, "start": s.start, "end": min(s.end, s.start + f.seconds), "text": f.text})
         return cues
@@ -175,8 +185,9 @@ def main(argv=None) -> dict:
         print(f"{k:<24} {v:8.1f} {v / minutes:13.2f} {v / info.duration:12.3f}")
     print(f"{'total':<24} {total:8.1f} {total / minutes:13.2f} {total / info.duration:12.3f}   (goal <= 0.25)")
     print(
-        f"device {args.device}, torch threads {args.threads}, beams {args.num_beams}, max_new_tokens "
-        f"{args.max_new_tokens}, peak RSS {peak_mb:.0f} MB\nuptime: {load}"
+        f"device {args.device}, {dtype}, torch threads {args.threads}, beams {args.num_beams}, max_new_tokens "
+        f"{args.max_new_tokens} (capped per window by what its longest slot can speak), peak RSS {peak_mb:.0f} MB\n"
+        f"uptime: {load}"
     )
     result = {
         "minutes": minutes,

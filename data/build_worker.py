@@ -5,10 +5,12 @@
   of its own, against ~3.5 s and ~0.5 GB when every spawned worker re-imported torch through ``webdataset``.
 - **Never orphaned.** A worker dies with the build: on Linux the kernel signals it when its parent goes
   (``PR_SET_PDEATHSIG``), and everywhere a watchdog thread exits it once the build's process is gone.
-- **Cheap to send back.** A job (one chunk of one movie) returns its samples already laid out as tar members
-  (:func:`sample_tar_bytes`, byte-identical to ``webdataset.TarWriter(encoder=False, mtime=0)``) plus their counts:
-  the main process only appends the bytes to the shard and feeds its running sha256; nothing is unpickled
-  sample by sample, and no shard is read back to hash it.
+- **Cheap to send back.** A job (one chunk of one movie) lays its samples out as tar members
+  (:func:`sample_tar_bytes`, byte-identical to ``webdataset.TarWriter(encoder=False, mtime=0)``), writes them to a
+  file in the build's spool folder and returns its path plus the counts: the main process only appends the file to
+  the shard and feeds its running sha256; nothing is unpickled sample by sample, and no shard is read back to hash
+  it. (Returning the bytes through the pool's result pipe cost the main process more CPU than the encoding itself,
+  measured by ``benchmarks/build_scale.py --only workers``: 1 worker ran at 0.4x of none.)
 """
 
 from __future__ import annotations
@@ -97,11 +99,14 @@ def _die_with(build_pid: int) -> None:
     threading.Thread(target=watch, name="distinctad-orphan-watchdog", daemon=True).start()
 
 
-def init_worker(features_path, video_dir, opts, kind, build_pid: int | None = None, workers: int = 0) -> None:
+def init_worker(
+    features_path, video_dir, opts, kind, build_pid: int | None = None, workers: int = 0, spool: str | None = None
+) -> None:
     """Pool initializer (and the in-process setup when ``--workers 0``): the inputs of one build.
 
     With ``workers`` processes each film decoder gets ``cores // workers`` threads (at least one), so that the
-    decoders of all workers add up to the cores; in-process (``workers`` 0) FFmpeg uses every core.
+    decoders of all workers add up to the cores; in-process (``workers`` 0) FFmpeg uses every core. ``spool`` is
+    the folder a worker writes each job's tar bytes to (``None``: returned as bytes, in-process).
     """
     # The kind travels with the job (not by name): a kind registered at run time is unknown to a spawned worker.
     if build_pid is not None:
@@ -115,13 +120,15 @@ def init_worker(features_path, video_dir, opts, kind, build_pid: int | None = No
     _WORKER["inputs"] = BuildInputs(features=FeatureReader(features_path) if features_path else None, videos=video_dir)
     _WORKER["opts"] = opts
     _WORKER["kind"] = kind
+    _WORKER["spool"] = spool
 
 
-def encode_job(job: tuple) -> tuple[int, bytes, int, int, list[str], Counter, int]:
+def encode_job(job: tuple) -> tuple[int, bytes | str, int, int, list[str], Counter, int]:
     """Encode one chunk of one movie into tar member bytes.
 
     Returns:
-        ``(shard_index, tar bytes, samples, ADs, movies, drops, units)``; clips that fail to encode are dropped
+        ``(shard_index, tar bytes, samples, ADs, movies, drops, units)``, the bytes as the path of a spooled file
+        in a worker (``init_worker(spool=...)``); clips that fail to encode are dropped
         and counted under ``"decode error"``, never fatal.
     """
     shard_index, units = job
@@ -140,4 +147,12 @@ def encode_job(job: tuple) -> tuple[int, bytes, int, int, list[str], Counter, in
             ads += kind.num_ads(meta)
             if meta["movie"] not in movies:
                 movies.append(meta["movie"])
-    return shard_index, b"".join(blobs), len(blobs), ads, movies, drops, len(units)
+    blob = b"".join(blobs)
+    spool = _WORKER.get("spool")
+    if spool is not None:  # a worker: the bytes go through a file, not the result pipe (see module docstring)
+        _WORKER["jobs"] = _WORKER.get("jobs", 0) + 1
+        path = os.path.join(spool, f"{os.getpid()}-{_WORKER['jobs']}.tar")
+        with open(path, "wb") as f:
+            f.write(blob)
+        blob = path
+    return shard_index, blob, len(blobs), ads, movies, drops, len(units)

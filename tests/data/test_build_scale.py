@@ -255,6 +255,19 @@ def test_worker_tar_bytes_equal_webdataset_tarwriter(tmp_path):
     assert len(tar_end(len(body))) + len(body) == (tmp_path / "ref.tar").stat().st_size
 
 
+def test_workers_spool_chunks_and_write_the_same_bytes(synth_dir, tmp_path):
+    """Workers hand their chunks over as spooled files: the shards equal an in-process build byte for byte, and no
+    spool folder is left, neither after a build nor (cleaned at start) after a killed one."""
+    main(_window_args(synth_dir, tmp_path / "w0"))
+    stale = tmp_path / "w2" / ".train-spool-killed"  # what a build killed mid-way leaves
+    stale.mkdir(parents=True)
+    (stale / "123-1.tar").write_bytes(b"partial")
+    main(_window_args(synth_dir, tmp_path / "w2", "--workers", "2"))
+    one, two = ({k: b for k, (_, b) in _tars(tmp_path / d).items()} for d in ("w0", "w2"))
+    assert len(one) > 2 and one == two
+    assert sorted(p.name for p in (tmp_path / "w2").iterdir()) == sorted(p.name for p in (tmp_path / "w0").iterdir())
+
+
 PROC = Path("/proc")  # Linux process information
 _SLOW_KIND_SCRIPT = """
 import contextlib, os, sys, time

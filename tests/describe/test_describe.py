@@ -27,6 +27,40 @@ def test_every_cue_lies_in_a_gap_and_none_overlap(described, film):
         assert c["end"] <= d["start"]
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_both_precisions_describe_within_the_gaps_and_cap_generation(
+    film, stage2_run, tmp_path, describe_film, monkeypatch, precision
+):
+    """fp32 and bf16 (the default where the CPU is fast at it) both give a cue per slot inside it; each window's
+    generation stops at the token cap of its longest slot (what could be spoken there), never at a fixed 40."""
+    import torch
+
+    from distinctad.train.models.captioner_config import GenerationArgs
+    from distinctad.train.stage2 import context
+    from distinctad.train.tools.describe.content import token_cap
+
+    calls = []
+    original = context.generate_candidates
+
+    def spy(model, tokenizer, batch, gen, num_return=1, **kwargs):
+        calls.append((next(model.parameters()).dtype, kwargs["max_new_tokens"]))
+        return original(model, tokenizer, batch, gen, num_return, **kwargs)
+
+    monkeypatch.setattr(context, "generate_candidates", spy)
+    gen = GenerationArgs(num_beams=2, max_new_tokens=40, batch_size=1)
+    result = describe_film(film["path"], stage2_run, tmp_path, precision=precision, generation=gen)
+    cues, slots = result["cues"], result["slots"]
+    assert len(cues) == len(slots) >= 5
+    for c in cues:
+        assert c["slot_start"] <= c["start"] < c["end"] <= c["slot_end"]
+    caps = [
+        token_cap(max(s["end"] - s["start"] for s in slots[rec["first_slot"] : rec["first_slot"] + 3]), 160.0, 40)
+        for rec in result["windows"]
+    ]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    assert calls == [(dtype, cap) for cap in caps] and min(caps) < 40
+
+
 def test_vtt_parses_back_and_srt_matches(described):
     import webvtt
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from distinctad.train.tools.describe.content import DescribeError, cpu_has_fast_bf16, resolve_precision, token_cap
 from distinctad.train.tools.describe.fit import clean, estimate_seconds, fit
 from distinctad.train.tools.describe.slots import Slot, make_slots
 
@@ -61,6 +62,20 @@ def test_spoken_duration_and_fit():
     f = fit(["one two three four"], 0.5, est)
     assert (f.text, f.fits, f.how) == ("one two three.", False, "too long")
     assert clean("a\x00b \ufffd  c\n") == "a b c"
+
+
+def test_token_cap_is_what_the_slot_can_speak_and_precision_resolves():
+    import torch
+
+    # 4 s at 160 wpm = 10.67 words -> ceil(16.0) tokens at 1.5 per word + 4 slack = 20
+    assert token_cap(4.0, 160.0, 67) == 20
+    assert token_cap(1.5, 120.0, 67) == 5 + 4  # 3 words -> 4.5 -> 5 tokens, + 4
+    assert token_cap(60.0, 160.0, 67) == 67  # never above --max-new-tokens
+    assert token_cap(0.0, 160.0, 67) == 4
+    assert resolve_precision("fp32") == torch.float32 and resolve_precision("bf16") == torch.bfloat16
+    assert resolve_precision("auto") == (torch.bfloat16 if cpu_has_fast_bf16() else torch.float32)
+    with pytest.raises(DescribeError, match="--precision 'fp16': choose one of auto, fp32, bf16"):
+        resolve_precision("fp16")
 
 
 @pytest.mark.skipif(__import__("shutil").which("espeak-ng") is None, reason="espeak-ng is not installed")

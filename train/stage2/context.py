@@ -63,8 +63,11 @@ def generate_candidates(
 
     from distinctad.train.models.captioner import prepare_batch
 
-    device = next(model.parameters()).device
-    prepared = {k: v.to(device) for k, v in prepare_batch(batch, tokenizer, model.cfg).items()}
+    param = next(model.parameters())
+    prepared = {  # floating inputs in the model's dtype (a bf16 model for describe --precision bf16)
+        k: v.to(param.device, param.dtype) if v.is_floating_point() else v.to(param.device)
+        for k, v in prepare_batch(batch, tokenizer, model.cfg).items()
+    }
     with torch.no_grad():
         ids = model.generate_ids(prepared, gen, num_return_sequences=num_return, **generate_kwargs)
     texts = [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]

@@ -93,6 +93,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=GENERATION.max_new_tokens,
         help="Longest AD in tokens (default %(default)s).",
     )
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="Inference dtype of the CLIP tower and the captioner: auto = bf16 where the hardware is fast at it (a "
+        "CPU with AMX/AVX512-BF16, a bf16 GPU; ~2.5x faster) and fp32 elsewhere (default %(default)s).",
+    )
     p.add_argument("--narrate", action="store_true", help="Also speak the ADs (espeak-ng) into MOVIE.ad.mkv.")
     p.add_argument(
         "--duck", type=float, default=0.25, help="Film-audio gain under narration (default %(default)s, about -12 dB)."
@@ -154,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         wpm=args.wpm,
         min_words=args.min_words,
         generation=GenerationArgs(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, batch_size=1),
+        precision=args.precision,
         narrate=args.narrate,
         duck=args.duck,
         min_duration=args.min_duration,

@@ -16,7 +16,7 @@ from pathlib import Path
 from distinctad.train.models.captioner_config import GenerationArgs
 from distinctad.train.tools.describe import cache as C
 from distinctad.train.tools.describe.content import DescribeError
-from distinctad.train.tools.describe.fit import MIN_WORDS, WPM, estimate_seconds, fit
+from distinctad.train.tools.describe.fit import MIN_WORDS, WPM, estimate_seconds
 from distinctad.train.tools.describe.media import MediaError, Probe, file_digest, probe
 from distinctad.train.tools.describe.slots import MARGIN_S, MAX_SLOT_S, MIN_GAP_S, Slot, make_slots
 
@@ -45,6 +45,7 @@ class DescribeOptions:
     wpm: float = WPM
     min_words: int = MIN_WORDS
     generation: GenerationArgs = field(default_factory=lambda: GenerationArgs(batch_size=1))  # beams = candidates
+    precision: str = "auto"  # content.resolve_precision: bf16 where the hardware is fast at it, else fp32
     narrate: bool = False
     duck: float = 0.25
     min_duration: float = MIN_FILM_S
@@ -115,10 +116,12 @@ def describe(opts: DescribeOptions) -> dict:
         raise DescribeError(f"--stage2: {e}") from None
     if info.vfr:
         print(f"notice: {movie} has a variable frame rate: frames are taken by their timestamps")
-    from distinctad.train.tools.describe.content import load_vision_tower
+    from distinctad.train.tools.describe.content import load_vision_tower, resolve_precision
 
+    dtype = resolve_precision(opts.precision)
     t0 = time.perf_counter()
     clip, eval_tf, source = load_vision_tower(opts.clip_ad, opts.clip_model, opts.seed)
+    clip = clip.to(dtype)
     width = int(clip.visual.output_dim)
     if width != s2cfg.model.feature_dim:
         raise DescribeError(
@@ -162,7 +165,7 @@ def describe(opts: DescribeOptions) -> dict:
     # 2. features
     T = opts.num_frames
     t0 = time.perf_counter()
-    k_feats = C.key("feats", digest, [dataclasses.astuple(s) for s in slots], T, source.weights_sha256)
+    k_feats = C.key("feats", digest, [dataclasses.astuple(s) for s in slots], T, source.weights_sha256, str(dtype))
     feats = store.get_npy("feats", k_feats)
     if feats is None:
         from distinctad.train.tools.describe.content import encode_slots
@@ -174,7 +177,7 @@ def describe(opts: DescribeOptions) -> dict:
     _timed(opts, "frames + CLIP", t0)
 
     # 3. generation, window by window, with the model's own previous ADs as context; 4. fit
-    cues, records = _generate(opts, movie_id, slots, feats, store, k_feats)
+    cues, records = _generate(opts, movie_id, slots, feats, store, k_feats, dtype)
 
     # 5. outputs
     t0 = time.perf_counter()
@@ -207,11 +210,10 @@ def describe(opts: DescribeOptions) -> dict:
     }
 
 
-def _generate(opts, movie_id, slots, feats, store, k_feats):
+def _generate(opts, movie_id, slots, feats, store, k_feats, dtype):
     from tqdm import tqdm
 
-    from distinctad.train.stage2.context import generate_candidates
-    from distinctad.train.tools.describe.content import load_captioner, window_batch
+    from distinctad.train.tools.describe.content import generate_window, load_captioner, window_batch
 
     gen = dataclasses.replace(opts.generation, batch_size=1)
     measure = _measure(opts)
@@ -227,8 +229,16 @@ def _generate(opts, movie_id, slots, feats, store, k_feats):
         if model is None:
             t0 = time.perf_counter()
             model, tokenizer, cfg, weights = load_captioner(opts.stage2)
+            model = model.to(dtype)
             k_model = C.key(
-                "model", weights, dataclasses.asdict(gen), opts.window, opts.wpm, opts.min_words, opts.narrate
+                "model",
+                weights,
+                dataclasses.asdict(gen),
+                opts.window,
+                opts.wpm,
+                opts.min_words,
+                opts.narrate,
+                str(dtype),
             )
             _timed(opts, "load models", t0)
             t_gen += time.perf_counter() - t0
@@ -240,8 +250,7 @@ def _generate(opts, movie_id, slots, feats, store, k_feats):
         if rec is None:
             # no ground truth exists: blank sentences, and the model's own last K ADs as the text context
             batch = window_batch(movie_id, feats[lo : lo + len(group)], lo, context)
-            cands = generate_candidates(model, tokenizer, batch, gen, num_return=max(1, gen.num_beams))[0]
-            fitted = [fit(c, s.duration, measure, opts.min_words) for c, s in zip(cands, group)]
+            cands, fitted = generate_window(model, tokenizer, batch, gen, group, measure, opts.wpm, opts.min_words)
             rec = store.put_json(
                 "window",
                 k_win,
