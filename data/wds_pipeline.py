@@ -32,6 +32,7 @@ import math
 import multiprocessing as mp
 import os
 import random
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -39,6 +40,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
+from distinctad import common
 from distinctad.common import worker_threads
 from distinctad.data.decode import SampleDecoder
 from distinctad.data.kinds import ReadOptions, SampleKind, get_kind
@@ -103,6 +105,18 @@ PAD = {"__pad__": True}
 # windows/s pickled against 1,838-2,626 and 2,712-2,973 in shared memory. Masks and ids stay pickled.
 _SHM_MIN_BYTES = _env_int("DISTINCTAD_SHM_MIN_BYTES", 256 << 10)
 
+# A new shared-memory segment per batch costs the worker a page fault and a zeroed page per 4 KiB and the main
+# process a fresh mapping: more than the decode itself for window batches (benchmarks/loader_throughput.py, 2 quiet
+# cores: 1 worker read 0.59x and 2 workers 0.73x of 0 workers). So each worker reuses a ring of _SHM_RING segments
+# per big tensor of its batches, and the main process copies each one out (_to_torch) before it asks for more.
+# Safe because the DataLoader paces every worker: a worker is handed batch k only once the main process has received
+# batch k - PREFETCH * workers, and every earlier batch was already copied, so at most PREFETCH of a worker's
+# batches are ever unread and the ring never overwrites one (PREFETCH + 1 would do; one more as margin).
+PREFETCH = 2  # DataLoader prefetch_factor: batches queued per worker
+_SHM_RING = PREFETCH + 2
+_SHM_POOL: dict[tuple[int, int], list[torch.UntypedStorage]] = {}  # (slot in batch, bytes) -> ring (worker only)
+_SHM_AT = {"batch": 0, "slot": 0}
+
 
 def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised tensor for a batch; a big one in a DataLoader worker lives in shared memory from the start.
@@ -113,7 +127,27 @@ def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     nbytes = math.prod(shape) * dtype.itemsize
     if torch.utils.data.get_worker_info() is None or nbytes < _SHM_MIN_BYTES:
         return torch.empty(shape, dtype=dtype)
-    return torch.empty(0, dtype=dtype).set_(torch.UntypedStorage._new_shared(nbytes), 0, shape)
+    ring = _SHM_POOL.setdefault((_SHM_AT["slot"], nbytes), [])
+    _SHM_AT["slot"] += 1
+    at = _SHM_AT["batch"] % _SHM_RING
+    while len(ring) <= at:
+        ring.append(torch.UntypedStorage._new_shared(nbytes))
+    return torch.empty(0, dtype=dtype).set_(ring[at], 0, shape)
+
+
+def _init_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: one torch thread per worker (the workers share the rank's cores), and batch
+    segments shared by name (``file_system``): a ring segment sent again is then found in the main process's
+    mapping cache, where the default strategy hands over a file descriptor per tensor through a socket."""
+    worker_threads(worker_id)
+    if _env_int("DISTINCTAD_SHM_BY_NAME", 1):
+        torch.multiprocessing.set_sharing_strategy("file_system")
+
+
+def _next_batch() -> None:
+    """Start a worker's next batch: its big tensors take the next segments of their rings (:func:`_batch_tensor`)."""
+    _SHM_AT["batch"] += 1
+    _SHM_AT["slot"] = 0
 
 
 def _sendable(t: torch.Tensor) -> torch.Tensor | np.ndarray:
@@ -132,8 +166,17 @@ def _to_torch(batches: Iterator[dict]) -> Iterator[dict]:
     Workers send small arrays as pickled numpy: every *tensor* that crosses is a shared memory segment of its own,
     handed over as a file descriptor, which costs far more than pickling them (see ``_SHM_MIN_BYTES``).
     """
+    mapped: deque = deque(maxlen=256)  # the workers' ring segments stay mapped: torch reuses a live mapping
     for batch in batches:
-        yield {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+        out = {}
+        for k, v in batch.items():
+            if isinstance(v, np.ndarray):
+                v = torch.from_numpy(v)
+            elif isinstance(v, torch.Tensor) and v.is_shared():  # a worker's ring segment: it will be reused
+                mapped.append(v)
+                v = v.clone()
+            out[k] = v
+        yield out
 
 
 @dataclass
@@ -149,6 +192,7 @@ class _Collate:
     state: dict = field(default_factory=dict)  # the kind's, kept across this worker's batches
 
     def __call__(self, samples: list[dict]) -> dict:
+        _next_batch()
         rows = [None if "__pad__" in s else s for s in samples]
         batch = self.kind.collate(rows, self.read, self.state, _batch_tensor)
         batch = {k: _sendable(v) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -337,7 +381,10 @@ def get_wds_loader(
         batch_size: per-rank batch size.
         is_train: training (shuffled, repeated, full batches, same count per rank) or eval (in order, each
             sample once).
-        num_workers: DataLoader workers per rank.
+        num_workers: DataLoader workers per rank, one torch thread each. Unless ``OMP_NUM_THREADS`` is set, the
+            rank keeps ``max(1, thread_budget() - num_workers)`` intra-op threads (set here), so that its threads
+            and its workers add up to its cores: beside a 2-thread step, 1 worker on 2 cores read at 0.9x of none;
+            beside a 1-thread step at 1.16x (``benchmarks/loader_throughput.py --step-ms 5``).
         pin_memory: page-locked batches, so ``.to(cuda, non_blocking=True)`` copies overlap compute (CUDA only).
         resampled: training only: draw shards with replacement (``ResampledShards``).
         seed: shuffling seed; epochs and resumption are deterministic functions of (seed, epoch).
@@ -359,6 +406,8 @@ def get_wds_loader(
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     urls = expand_shards(shards)
+    if not os.environ.get("OMP_NUM_THREADS", "").strip():  # else the user's word stands (thread_budget)
+        common.set_threads(max(1, common.thread_budget() - max(0, num_workers)))
     # webdataset opens local shards with Python's default 8 KiB buffer, and tarfile's stream mode reads 10 KiB at a
     # time: a syscall per 10 KiB. Its own knob, GOPEN_BUFFER, makes that a memcpy (~10% more samples/s).
     os.environ.setdefault("GOPEN_BUFFER", str(_GOPEN_BUFFER))
@@ -438,9 +487,10 @@ def get_wds_loader(
         shuffle=False,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
+        prefetch_factor=PREFETCH if num_workers > 0 else None,
         collate_fn=_as_is,
         pin_memory=pin_memory,
-        worker_init_fn=worker_threads,  # one torch thread per worker: the workers share the rank's cores
+        worker_init_fn=_init_worker,
         # the loader draws its workers' base seed from this generator, never from the global RNG: a resumed run's
         # model (dropout) sees the same random stream as the uninterrupted one
         generator=torch.Generator().manual_seed(_seed(seed, rank, "loader")),

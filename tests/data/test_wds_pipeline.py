@@ -198,14 +198,16 @@ def test_two_ranks_under_deepspeed(win_shards, tmp_path):
 
 
 def test_worker_batches_equal_in_process_batches(win_shards, monkeypatch):
-    """Arrays cross from workers as pickled numpy or shared memory; either way the windows are the same tensors."""
+    """Arrays cross from workers as pickled numpy or through each worker's ring of shared-memory segments (copied out
+    by the main process); either way the windows are the same tensors, also when every batch is kept while the
+    rings wrap around many times (batch size 1: 7-8 batches per worker, rings of 4)."""
     from distinctad.data import wds_pipeline
 
-    def windows(workers: int, shared: bool = False) -> dict[str, tuple]:
-        d = get_wds_loader(str(win_shards), "window", 4, is_train=False, num_workers=workers, pad_eval=False)
+    def windows(workers: int, batch_size: int) -> dict[str, tuple]:
+        d = get_wds_loader(str(win_shards), "window", batch_size, is_train=False, num_workers=workers, pad_eval=False)
         out = {}
         for b in d.dataloader:
-            assert b["feats"].is_shared() == shared
+            assert not b["feats"].is_shared()  # a ring segment is reused: the batch holds a copy
             for name in ("feats", "frame_mask", "clip_mask", "ad_index", "valid"):
                 assert isinstance(b[name], torch.Tensor), name
             assert b["feats"].dtype == torch.float16 and b["ad_index"].dtype == torch.int64
@@ -213,16 +215,55 @@ def test_worker_batches_equal_in_process_batches(win_shards, monkeypatch):
                 out[key] = (b["feats"][i], b["frame_mask"][i], b["clip_mask"][i], b["ad_index"][i], b["sentences"][i])
         return out
 
-    ref = windows(0)
+    ref = windows(0, 4)
     assert len(ref) == 15
-    for shm_min in (1 << 30, 0):  # everything pickled; the features in shared memory
+    assert wds_pipeline._SHM_RING * 2 * 1 < 15
+    for shm_min, batch_size in ((1 << 30, 4), (0, 4), (0, 1)):  # everything pickled; the features in shared memory
         monkeypatch.setattr(wds_pipeline, "_SHM_MIN_BYTES", shm_min)
-        got = windows(2, shared=shm_min == 0)
+        got = windows(2, batch_size)
         assert got.keys() == ref.keys()
         for key, row in got.items():
             *arrays, sentences = row
             assert all(torch.equal(a, b) for a, b in zip(arrays, ref[key][:4])), key
             assert sentences == ref[key][4]
+
+
+def test_a_rank_leaves_a_core_to_each_loader_worker(win_shards, monkeypatch):
+    from distinctad import common
+
+    threads = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(common, "thread_budget", lambda: 3)
+    try:
+        for workers, want in ((0, 3), (1, 2), (2, 1), (5, 1)):
+            get_wds_loader(str(win_shards), "window", 2, is_train=False, num_workers=workers)
+            assert torch.get_num_threads() == want, workers
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's word: left as it is
+        torch.set_num_threads(2)
+        get_wds_loader(str(win_shards), "window", 2, is_train=False, num_workers=1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_ring_segments_are_reused_per_slot_and_batch(monkeypatch):
+    """In a worker, a batch's k-th big tensor takes segment (batch mod ring) of ring k: the same storage returns
+    every _SHM_RING batches, and two tensors of one batch never share one."""
+    from distinctad.data import wds_pipeline as W
+
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())
+    monkeypatch.setattr(W, "_SHM_POOL", {})
+    monkeypatch.setattr(W, "_SHM_AT", {"batch": 0, "slot": 0})
+    seen = []
+    for _ in range(2 * W._SHM_RING):
+        W._next_batch()
+        a = W._batch_tensor((512, 256), torch.float16)  # 256 KiB: shared
+        b = W._batch_tensor((512, 256), torch.float16)
+        small = W._batch_tensor((4,), torch.int64)
+        assert a.is_shared() and b.is_shared() and not small.is_shared()
+        assert a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr()
+        seen.append((a.untyped_storage().data_ptr(), b.untyped_storage().data_ptr()))
+    assert seen[: W._SHM_RING] == seen[W._SHM_RING :] and len(set(seen)) == W._SHM_RING
 
 
 @pytest.mark.parametrize("order", ["C", "F"])
