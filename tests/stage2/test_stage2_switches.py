@@ -95,6 +95,21 @@ def test_ema_grad_and_learnable_scalars(tokenizer, a0):
     assert not torch.allclose(grads[False], grads[True])  # gradient through the EM iterations differs
 
 
+def test_default_beta_starts_closed_and_learns(tokenizer, a0):
+    """Our default β: a learnable scalar starting at 0, so B2/C3 begin with empty β tokens and open the path as far
+    as the loss gradient asks (a fixed β = 1 lost to A0 on the quick start's features: README, Table D.2)."""
+    model, prepared = a0
+    cfg = CaptionerConfig()
+    assert (cfg.beta, cfg.beta_learnable) == (0.0, True)
+    b2 = _model(tokenizer, model.state_dict(), beta_path=True)
+    assert isinstance(b2.prompt.beta, torch.nn.Parameter) and b2.prompt.beta.item() == 0.0
+    h, h_ctx = torch.randn(1, 3, 2, 4), torch.randn(1, 3, 2, 4)
+    out = b2.prompt(h, h_ctx, torch.ones(1, 3, dtype=torch.bool))
+    assert torch.equal(out[:, :, :2], h) and (out[:, :, 2:] == 0).all()  # the β tokens are empty at the start
+    b2(**prepared)["loss"].backward()
+    assert b2.prompt.beta.grad is not None and b2.prompt.beta.grad != 0
+
+
 def test_ablation_grid():
     assert set(PRESETS) == {"A0", "B1", "B2", "B3", "C0", "C1", "C2", "C3"}
     c3 = dataclasses.replace(CaptionerConfig(), **PRESETS["C3"])

@@ -62,10 +62,13 @@ class CaptionerConfig:
     """Train α as a scalar parameter."""
     beta_path: bool = False
     """β-path: the prompt also carries β·mean_{j≠i} Ĥ_j as L extra tokens."""
-    beta: float = 1.0
-    """β (initial value when learnable)."""
-    beta_learnable: bool = False
-    """Train β as a scalar parameter."""
+    beta: float = 0.0
+    """β (initial value when learnable). Our default: 0, learnable, so the β-path starts closed and opens as far as
+    training finds the neighbours' distinctive features useful. A fixed β = 1 hands every clip its neighbours'
+    features at full weight: on quick-start CLIP-AD features B2 then lost to A0 at 100 and at 400 steps (R@5/16
+    -6.7 and -10.1 points, both significant), and C3 lost with it; see the README's Table D.2 section."""
+    beta_learnable: bool = True
+    """Train β as a scalar parameter (our default; see ``beta``)."""
     lambda_dist: float = 0.0
     """Weight of the distinctive-word loss L_dist (0 = off; still reported, without gradient)."""
     max_dist_words: int = 16
