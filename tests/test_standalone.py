@@ -28,6 +28,7 @@ ALLOWED_PREFIXES = (
     "/bin/sh",  # the shebang of fake programs that tests write (tests/eval/test_java_failures.py)
     "/dev/null",
     "/dev/shm",  # DeepSpeed's shared-memory buffers (train/core/distributed.py and its test)
+    "/proc/",  # the kernel's interface (describe reads /proc/cpuinfo for bf16 support), on every Linux machine
     # Placeholders for the data and weights a user supplies, in README/YAML examples and error hints; none of
     # them is a default.
     "/path/to/",
