@@ -39,6 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="Untimed steps first.")
     p.add_argument("--device", default="cpu", help="cpu or cuda.")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU).")
+    p.add_argument("--compile", action="store_true", help="torch.compile the captioner (as train.compile does).")
+    p.add_argument("--profile", action="store_true", help="after timing, profile 3 steps: the top ops by device time.")
     p.add_argument(
         "--rows",
         default="",
@@ -175,18 +177,20 @@ def main(argv: list[str] | None = None) -> dict:
     if args.llm == "gpt2-124m":
         llm = random_gpt2_124m(tok)
     model = DistinctADCaptioner(cfg, tok, llm=llm).to(args.device)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    cuda = args.device.startswith("cuda")
+    # fused AdamW on CUDA, as the jobs' train.adamw_kernel=auto
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=cuda or None)
+    forward = torch.compile(model) if args.compile else model
     prepared = {k: v.to(args.device) for k, v in prepare_batch(batch, tok, cfg).items()}
     n_params = sum(p.numel() for p in model.parameters())
     seq_tokens = int(prepared["text_mask"].sum()) + prepared["clip_mask"].sum().item() * 2 * cfg.num_latents
     ad_tokens = int((prepared["text_labels"] != -100).sum())
-    cuda = args.device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
 
     def step() -> float:
         with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            loss = model(**prepared)["loss"]
+            loss = forward(**prepared)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -228,6 +232,17 @@ def main(argv: list[str] | None = None) -> dict:
         if peak:
             out["mfu"] = 6 * n_params * out["tokens_per_s"] / (peak * 1e12)
             print(f"  MFU {100 * out['mfu']:.1f}% (6·params·tokens/s over {peak:.0f} TFLOP/s dense bf16)")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=acts) as prof:
+            for _ in range(3):
+                step()
+            if cuda:
+                torch.cuda.synchronize()
+        key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60))
     return out
 
 

@@ -73,12 +73,32 @@ def _load_jpg(data: bytes) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_sample(raw: dict, unsafe_counter: SharedValue | None = None) -> dict:
+def check_jpeg(data: bytes) -> bytes:
+    """``data`` unchanged if it looks like one whole JPEG: the SOI marker, a header PIL can parse, the EOI marker.
+
+    For JPEGs passed on undecoded (``jpeg_bytes``): a truncated or corrupt frame is caught here, in the loader
+    worker, where it is counted and skipped, rather than in a batched GPU decode. Cheap: PIL reads the header only.
+
+    Raises:
+        ValueError: not a whole JPEG.
+    """
+    if len(data) < 4 or data[:2] != b"\xff\xd8":
+        raise ValueError("not a JPEG (no SOI marker)")
+    if data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+        raise ValueError("truncated JPEG (no EOI marker)")
+    with Image.open(io.BytesIO(data)) as img:  # parses the header (size, mode) without decoding
+        if img.format != "JPEG":
+            raise ValueError(f"not a JPEG ({img.format})")
+    return data
+
+
+def decode_sample(raw: dict, unsafe_counter: SharedValue | None = None, jpeg_bytes: bool = False) -> dict:
     """Decode one raw WebDataset sample using only safe decoders.
 
     Members whose last extension is not ``json``/``txt``/``npy``/``jpg`` are dropped unread; pickle-like ones
     (``.pyd``, ``.pth``...) are counted and warned about once. Returns ``__key__``/``__url__`` plus the
-    decoded members (``json`` → object, ``txt`` → str, ``*.npy`` → ndarray, ``*.jpg`` → RGB PIL image).
+    decoded members (``json`` → object, ``txt`` → str, ``*.npy`` → ndarray, ``*.jpg`` → RGB PIL image, or with
+    ``jpeg_bytes`` the checked JPEG bytes, :func:`check_jpeg`, for decoding on the GPU).
     """
     out = {k: v for k, v in raw.items() if k in ("__key__", "__url__")}
     for name, value in raw.items():
@@ -92,7 +112,7 @@ def decode_sample(raw: dict, unsafe_counter: SharedValue | None = None) -> dict:
         elif ext == "npy":
             out[name] = _load_npy(value)
         elif ext == "jpg":
-            out[name] = _load_jpg(value)
+            out[name] = check_jpeg(value) if jpeg_bytes else _load_jpg(value)
         else:
             if ext in UNSAFE_EXTENSIONS and unsafe_counter is not None:
                 unsafe_counter.add(1)
@@ -119,7 +139,7 @@ class SampleDecoder:
 
     def __call__(self, raw: dict) -> dict:
         try:
-            s = decode_sample(raw, self.unsafe)
+            s = decode_sample(raw, self.unsafe, self.read.jpeg_bytes)
         except Exception as e:  # noqa: BLE001 - name the sample in the skip warning
             raise ValueError(f"{raw.get('__key__')}: {type(e).__name__}: {e}") from e
         if "json" not in s:

@@ -81,6 +81,9 @@ class ReadOptions:
     """D of the shards' features (``None``: text-only or unknown)."""
     preprocess: Callable | None = None
     """Frames: callable applied to each PIL frame (default :func:`to_tensor`)."""
+    jpeg_bytes: bool = False
+    """Frames: leave the JPEGs undecoded; the batch carries their bytes (``jpeg_data``, ``jpeg_offsets``) for
+    :func:`distinctad.data.jpeg.decode_frames` on the rank's device, and no ``images``."""
 
 
 EmptyTensor = Callable[[tuple[int, ...], "torch.dtype"], "torch.Tensor"]
@@ -454,11 +457,48 @@ def _frames_decode(s: dict, meta: dict, key: str, read: ReadOptions) -> dict:
     frames = [s.get(f"{i:02d}.jpg") for i in range(read.num_frames)]
     if any(f is None for f in frames):
         raise ValueError(f"{key}: expected {read.num_frames} frames 00.jpg..{read.num_frames - 1:02d}.jpg")
+    if read.jpeg_bytes:
+        return {"jpeg": frames}  # T checked JPEGs (decode.check_jpeg), decoded on the rank's device
     pre = read.preprocess or to_tensor
     return {"images": torch.stack([pre(f) for f in frames])}  # (T, 3, H, W)
 
 
+def _frames_collate_bytes(samples: list[dict | None], read: ReadOptions, empty: EmptyTensor) -> dict:
+    """The B x T JPEGs of a batch as one flat uint8 tensor and its offsets; a padding row is T empty JPEGs."""
+    import torch
+
+    blobs = [b for s in samples for b in (s["jpeg"] if s is not None else [b""] * read.num_frames)]
+    offsets = np.zeros(len(blobs) + 1, np.int64)
+    np.cumsum([len(b) for b in blobs], out=offsets[1:])
+    n = int(offsets[-1])
+    # In a loader worker, ``empty`` hands out shared-memory ring segments kept per size: a power-of-two capacity
+    # keeps the varying byte counts of batches to a couple of sizes (a bounded number of segments).
+    data = empty((1 << max(n - 1, 0).bit_length(),), torch.uint8)[:n]
+    if n:
+        data.numpy()[:] = np.frombuffer(b"".join(blobs), np.uint8)
+    return {"jpeg_data": data, "jpeg_offsets": offsets}
+
+
 def _frames_collate(samples: list[dict | None], read: ReadOptions, state: dict, empty: EmptyTensor) -> dict:
+
+    if read.jpeg_bytes:
+        out = _frames_collate_bytes(samples, read, empty)
+    else:
+        out = {"images": _frames_images(samples, read, state, empty)}
+
+    def field_of(name: str, pad: Any) -> list:
+        return [pad if s is None else s["meta"][name] for s in samples]
+
+    return {
+        **out,
+        "sentence": field_of("sentence", ""),
+        "movie": field_of("movie", ""),
+        "ad_index": np.array([int(i) for i in field_of("ad_index", -1)], np.int64),
+        "key": ["" if s is None else s["key"] for s in samples],
+    }
+
+
+def _frames_images(samples: list[dict | None], read: ReadOptions, state: dict, empty: EmptyTensor):
     import torch
 
     real = [s for s in samples if s is not None]
@@ -468,18 +508,7 @@ def _frames_collate(samples: list[dict | None], read: ReadOptions, state: dict, 
     # unknown, so the rows are empty images (T, 3, 0, 0); every row is marked invalid and never reaches a model.
     pad = state.get("pad_image", torch.zeros((read.num_frames, 3, 0, 0)))
     rows = [pad if s is None else s["images"] for s in samples]
-    images = torch.stack(rows, out=empty((len(rows), *rows[0].shape), rows[0].dtype))  # (B, T, 3, H, W)
-
-    def field_of(name: str, pad: Any) -> list:
-        return [pad if s is None else s["meta"][name] for s in samples]
-
-    return {
-        "images": images,
-        "sentence": field_of("sentence", ""),
-        "movie": field_of("movie", ""),
-        "ad_index": np.array([int(i) for i in field_of("ad_index", -1)], np.int64),
-        "key": ["" if s is None else s["key"] for s in samples],
-    }
+    return torch.stack(rows, out=empty((len(rows), *rows[0].shape), rows[0].dtype))  # (B, T, 3, H, W)
 
 
 register_kind(

@@ -365,6 +365,7 @@ def get_wds_loader(
     seed: int = 0,
     epoch: int = 0,
     preprocess: Callable | None = None,
+    jpeg_bytes: bool = False,
     num_samples: int | None = None,
     pad_eval: bool = True,
     window: int | None = None,
@@ -391,6 +392,9 @@ def get_wds_loader(
         epoch: the first epoch (``DataInfo.set_epoch`` changes it).
         preprocess: frames only: callable applied to each PIL frame (e.g. open_clip's preprocess); default
             ``kinds.to_tensor``, a float tensor in [0, 1].
+        jpeg_bytes: frames only: leave the JPEGs undecoded (checked whole, :func:`decode.check_jpeg`); batches carry
+            ``jpeg_data`` (uint8, all bytes) and ``jpeg_offsets`` (B*T+1,) instead of ``images``, for
+            :func:`distinctad.data.jpeg.decode_frames` on the rank's GPU (``preprocess`` is then not used).
         num_samples: training epoch size in samples (default: sum of ``sizes.json`` of the shards).
         pad_eval: eval only: pad so every rank gets the same number of full batches (padding marked by
             ``valid=False``); ``False`` yields partial batches and unequal counts (single-process eval).
@@ -425,7 +429,13 @@ def get_wds_loader(
     skipped, unsafe = SharedValue(0), SharedValue(0)
     placement = _Placement(rank, world, shared_epoch, shared_skip)
     handler = CountingHandler(skipped, "sample")
-    read = ReadOptions(window=window, num_frames=num_frames, feature_dim=info.get("feature_dim"), preprocess=preprocess)
+    read = ReadOptions(
+        window=window,
+        num_frames=num_frames,
+        feature_dim=info.get("feature_dim"),
+        preprocess=None if jpeg_bytes else preprocess,
+        jpeg_bytes=jpeg_bytes,
+    )
     decoder = SampleDecoder(sample_kind, read, unsafe, skip_empty_ads=is_train)
     collate = _Collate(sample_kind, read)
 

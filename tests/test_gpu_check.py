@@ -30,7 +30,7 @@ def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 def test_help_and_bad_arguments():
     out = _run("--help")
-    assert out.returncode == 0 and "--dry-run" in out.stdout and "NEVER run on a GPU" in out.stdout
+    assert out.returncode == 0 and "--dry-run" in out.stdout and "On one H200" in out.stdout
     bad = _run("--fast")
     assert bad.returncode == 2 and bad.stderr.strip() == (
         "error: unknown argument '--fast' (usage: bash benchmarks/gpu_check.sh [--dry-run])"
@@ -48,7 +48,7 @@ def test_dry_run_runs_every_part_on_cpu():
     out = _run("--dry-run")
     text = out.stdout
     assert out.returncode == 0, text[-3000:] + out.stderr[-2000:]
-    assert "gpu_check: 0 part(s) failed" in text and text.count(": ok in ") == 3
+    assert "gpu_check: 0 part(s) failed" in text and text.count(": ok in ") == 4
     assert "load average" in text  # uptime beside the figures
     stage1 = re.search(r"^\s+2\s+([\d.]+)\s+([\d.]+)\s+([\d.]+) → ([\d.]+)", text, re.M)  # ZeRO-2 row
     assert stage1 and float(stage1.group(1)) > 0 and math.isfinite(float(stage1.group(4)))
@@ -56,4 +56,8 @@ def test_dry_run_runs_every_part_on_cpu():
     assert stage2 and float(stage2.group(1)) > 0 and int(stage2.group(2)) > 0
     lora = re.search(r"ZeRO-3 LoRA step.*\n\s+([\d.]+) s/step \| \d+ tokens/s \| loss ([\d.]+) -> ([\d.]+)", text)
     assert lora and float(lora.group(1)) > 0 and math.isfinite(float(lora.group(3)))
+    jpeg = re.search(
+        r"mean \|diff\| ([\d.]+), max ([\d.]+).*\n.*1 CPU thread: ([\d,]+) frames/s\n.*: ([\d,]+) frames/s", text
+    )
+    assert jpeg and float(jpeg.group(2)) < 0.1 and int(jpeg.group(3).replace(",", "")) > 0  # the two paths agree
     assert "2-step NCCL run: needs 2+ GPUs" in text

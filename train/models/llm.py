@@ -297,14 +297,22 @@ def generate_settings(decoding: dict[str, Any], pad_id: int, eos_id: int, bos_id
     )
 
 
+GPT2_VOCAB = 50257  # GPT-2's byte-level BPE vocabulary (Radford et al. 2019)
+
+
 def random_gpt2_124m(tokenizer):
     """GPT-2 124M's shape (``GPT2Config()`` defaults: 12 layers, 768 wide, 12 heads) with random weights and
-    ``tokenizer``'s vocabulary and special tokens: for benchmarks that time the paper's model shape offline."""
+    ``tokenizer``'s special tokens: for benchmarks that time the paper's model shape offline.
+
+    The vocabulary is GPT-2's 50257 rows (or the tokenizer's size if larger), whatever the tokenizer: the tied LM
+    head, 38.6M of the 124M parameters, then costs per token what GPT-2's does (the logits over the whole vocabulary
+    that the captioning and distinctive-word losses take). Ids beyond the tokenizer's never occur in the input.
+    """
     from transformers import GPT2Config, GPT2LMHeadModel
 
     return GPT2LMHeadModel(
         GPT2Config(
-            vocab_size=len(tokenizer),
+            vocab_size=max(len(tokenizer), GPT2_VOCAB),
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,

@@ -89,7 +89,14 @@ class Stage1DataArgs:
     synth_ads_per_movie: int = 48
     """SynthMAD: ADs per movie."""
     num_workers: int = 2
-    """DataLoader workers per rank (JPEG decoding and CLIP preprocessing)."""
+    """DataLoader workers per rank (JPEG decoding and CLIP preprocessing; with jpeg_decode=device only reading)."""
+    jpeg_decode: Literal["auto", "workers", "device"] = "auto"
+    """
+    Where frames are decoded and transformed. 'workers': PIL and open_clip's transforms in the DataLoader workers;
+    'device': the workers pass the JPEG bytes and the rank decodes each batch on its GPU (torchvision's nvJPEG
+    decode_jpeg) and runs the same transforms on tensors (on a CPU rank: torchvision's CPU decoder, in the main
+    process); 'auto': device on CUDA when nvJPEG works, else workers.
+    """
     augment: bool = True
     """Train with open_clip's RandomResizedCrop (drawn per frame); off: the eval transform."""
     aug_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from distinctad.common import atomic_write_json
+from distinctad.data.jpeg import TensorTransform, batch_frames, nvjpeg_works
 from distinctad.data.kinds import escape_movie
 from distinctad.data.paths import PathProblem, check_dir, check_output_dir, check_run_paths, check_shards, check_weights
 from distinctad.data.shardlist import expand_shards
@@ -193,12 +194,45 @@ class Stage1Task(Task):
         self.vanilla = copy.deepcopy(model).eval().requires_grad_(False)
         aug = {"scale": tuple(self.cfg.data.aug_scale)}
         self.train_tf, self.eval_tf = clip_transforms(model, aug)
+        self._setup_jpeg_decode()
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         n_all = sum(p.numel() for p in model.parameters())
         logger.info(
             "CLIP-AD %s: %.2fM of %.2fM parameters trainable (text tower frozen)", m.name, n_train / 1e6, n_all / 1e6
         )
         return model
+
+    def _setup_jpeg_decode(self) -> None:
+        """Resolve ``data.jpeg_decode``; with 'device', the tensor versions of the transforms (:mod:`data.jpeg`)."""
+        mode = self.cfg.data.jpeg_decode
+        cuda = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+        why_not = nvjpeg_works(cuda) if cuda is not None else "no CUDA device"
+        if mode == "auto":
+            mode = "workers" if why_not else "device"
+        elif mode == "device" and why_not:
+            logger.warning(
+                "data.jpeg_decode=device: %s; frames are decoded with torchvision's CPU decoder in the rank's "
+                "process (data.jpeg_decode=workers decodes them in the loader workers instead)",
+                why_not,
+            )
+        self.jpeg_on_device = mode == "device"
+        self.device_tf: dict[str, TensorTransform] = {}
+        if self.jpeg_on_device:
+            try:
+                self.device_tf = {
+                    "train": TensorTransform.from_compose(self.train_tf if self.cfg.data.augment else self.eval_tf),
+                    "eval": TensorTransform.from_compose(self.eval_tf),
+                }
+            except ValueError as e:
+                raise ConfigError(f"data.jpeg_decode=device: {e}; use data.jpeg_decode=workers") from None
+        logger.info(
+            "frames decoded %s",
+            "on the rank's device (JPEG bytes from the loader)" if mode == "device" else "in the loader workers (PIL)",
+        )
+
+    def images(self, batch: dict, device, train: bool) -> torch.Tensor:
+        """The batch's (B, T, 3, S, S) frames on ``device`` (decoded there with ``data.jpeg_decode=device``)."""
+        return batch_frames(batch, device, self.device_tf.get("train" if train else "eval"))
 
     # -- training ------------------------------------------------------------------------------------------------
 
@@ -213,6 +247,7 @@ class Stage1Task(Task):
                 num_workers=d.num_workers,
                 seed=self.cfg.run.seed,
                 preprocess=self.train_tf if d.augment else self.eval_tf,
+                jpeg_bytes=self.jpeg_on_device,
                 pin_memory=use_pin_memory(self.cfg.train.host_memory),
             )
             logger.info(
@@ -224,7 +259,7 @@ class Stage1Task(Task):
         yield from self.train_info.dataloader
 
     def loss(self, engine, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        images = batch["images"].to(engine.device, engine_dtype(engine), non_blocking=True)  # (B, T, 3, H, W)
+        images = self.images(batch, engine.device, train=True).to(engine_dtype(engine))  # (B, T, 3, H, W)
         out = self.loss_fn(**engine(images, batch["sentence"]))
         return out["loss"], {
             "global_loss": out["global_loss"].item(),
@@ -248,7 +283,13 @@ class Stage1Task(Task):
             sets = {}
             if self.eval_spec:
                 sets[""] = get_wds_loader(
-                    self.eval_spec, "frames", bs, is_train=False, num_workers=workers, preprocess=self.eval_tf
+                    self.eval_spec,
+                    "frames",
+                    bs,
+                    is_train=False,
+                    num_workers=workers,
+                    preprocess=self.eval_tf,
+                    jpeg_bytes=self.jpeg_on_device,
                 )
             k = self.cfg.eval.train_shards
             if k:
@@ -260,6 +301,7 @@ class Stage1Task(Task):
                     is_train=False,
                     num_workers=workers,
                     preprocess=self.eval_tf,
+                    jpeg_bytes=self.jpeg_on_device,
                 )
             self._eval_sets = sets
         return self._eval_sets
@@ -281,7 +323,7 @@ class Stage1Task(Task):
             valid = batch["valid"]
             if not valid.any():
                 continue
-            images = batch["images"][valid].to(device)  # (b, T, 3, H, W)
+            images = self.images(batch, device, train=False)[valid.to(device)]  # (b, T, 3, H, W)
             sentences = [s for s, v in zip(batch["sentence"], valid.tolist()) if v]
             keys += [k for k, v in zip(batch["key"], valid.tolist()) if v]
             for name, model in models.items():
