@@ -279,30 +279,25 @@ class Stage1Task(Task):
     def _eval_loaders(self) -> dict[str, DataInfo]:
         if self._eval_sets is None:
             bs = self.cfg.data.eval_batch_size or self.cfg.train.micro_batch_size
-            workers = self.cfg.data.num_workers
-            sets = {}
-            if self.eval_spec:
-                sets[""] = get_wds_loader(
-                    self.eval_spec,
+
+            def loader(shards) -> DataInfo:
+                return get_wds_loader(
+                    shards,
                     "frames",
                     bs,
                     is_train=False,
-                    num_workers=workers,
+                    num_workers=self.cfg.data.num_workers,
                     preprocess=self.eval_tf,
                     jpeg_bytes=self.jpeg_on_device,
                 )
+
+            sets = {}
+            if self.eval_spec:
+                sets[""] = loader(self.eval_spec)
             k = self.cfg.eval.train_shards
             if k:
                 urls = expand_shards(self.train_spec)
-                sets["train_"] = get_wds_loader(
-                    urls if k < 0 else urls[:k],
-                    "frames",
-                    bs,
-                    is_train=False,
-                    num_workers=workers,
-                    preprocess=self.eval_tf,
-                    jpeg_bytes=self.jpeg_on_device,
-                )
+                sets["train_"] = loader(urls if k < 0 else urls[:k])
             self._eval_sets = sets
         return self._eval_sets
 
