@@ -56,7 +56,7 @@ setup(
     extras_require={
         # dev: everything the test suite and the lint need; the LoRA tests use peft, so dev holds llama's too.
         # README and .ci/run install the same extras (tests/test_install.py).
-        "dev": ["pytest>=8", "ruff==0.17.6", *LLAMA],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff==0.17.6", *LLAMA],
         "llama": LLAMA,
     },
     entry_points={

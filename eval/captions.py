@@ -20,20 +20,22 @@ perfect 3-word AD), CIDEr-D on a single AD (every idf is log(1/1) = 0), SPICE on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from distinctad.eval.errors import EvalEnvironmentError
-from distinctad.eval.java import DEFAULT_TIMEOUT_S, JAVA_HINT, JavaSession, check_java, run_java
+from distinctad.eval.java import DEFAULT_TIMEOUT_S, JAVA_HINT, JavaSession, check_java, find_java, run_java
 from distinctad.eval.normalize import collapse_whitespace
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ __all__ = [
     "METRIC_NAMES",
     "caption_metrics",
     "check_java",
+    "keep_meteor",
     "ptb_tokenize",
     "score_tokenized",
     "spice_unavailable_reason",
@@ -151,6 +154,35 @@ def _numbers(line: str) -> bool:
         return False
 
 
+_kept_meteor: dict[tuple, JavaSession] | None = None
+"""METEOR processes kept for reuse inside :func:`keep_meteor` (None outside it), keyed by what starts them."""
+
+
+@contextlib.contextmanager
+def keep_meteor() -> Iterator[None]:
+    """Inside the block, every METEOR score comes from ONE METEOR 1.5 process, started by the first and then reused.
+
+    METEOR spends ~10 s of CPU loading its paraphrase table (``paraphrase-en.gz``, 60 MB) each time its JVM starts,
+    far more than scoring a few thousand ADs takes. pycocoevalcap's ``Meteor`` object keeps its process for all its
+    ``compute_score`` calls in the same way; the protocol has no state between calls, so the scores are the same.
+    A process is reused only with the same ``java``, arguments and Java options (``_JAVA_OPTIONS``,
+    ``JAVA_TOOL_OPTIONS``); one that failed is never reused. The processes (~1 GB of memory each while alive) are
+    closed when the block ends. Nested blocks share the outermost one's. Used by ``distinctad-ablate`` around its
+    grid of Stage-II runs, each of which evaluates.
+    """
+    global _kept_meteor
+    if _kept_meteor is not None:
+        yield
+        return
+    _kept_meteor = {}
+    try:
+        yield
+    finally:
+        sessions, _kept_meteor = _kept_meteor, None
+        for java in sessions.values():
+            java.close()
+
+
 def _meteor(
     refs: Sequence[str],
     hyps: Sequence[str],
@@ -162,38 +194,66 @@ def _meteor(
 
     The protocol of pycocoevalcap's ``Meteor``: ``SCORE ||| ref ||| hyp`` gives an AD's statistics line;
     ``EVAL ||| stats ||| stats ...`` gives one segment score per AD, then the corpus score. Each group is one more
-    ``EVAL`` over its ADs' statistics (pycocoevalcap would re-send the same ``SCORE`` lines: same result).
+    ``EVAL`` over its ADs' statistics (pycocoevalcap would re-send the same ``SCORE`` lines: same result). Inside
+    :func:`keep_meteor` the process is one kept from an earlier call, when there is one.
     """
     from pycocoevalcap.meteor.meteor import METEOR_JAR
 
     timeout = _timeout(java_timeout, 0.0, 0)
     args = ["-jar", "-Xmx2G", METEOR_JAR, "-", "-", "-stdio", "-l", "en", "-norm"]
-    with JavaSession("METEOR", args, cwd=_package_dir("meteor"), timeout=timeout) as java:
+    key = (find_java(), *args, os.environ.get("_JAVA_OPTIONS"), os.environ.get("JAVA_TOOL_OPTIONS"))
+    kept = _kept_meteor
+    java = kept.pop(key, None) if kept is not None else None
+    if java is None or java.proc.poll() is not None:
+        if java is not None:
+            java.close()
+        java = JavaSession("METEOR", args, cwd=_package_dir("meteor"), timeout=timeout)
+    java.timeout = timeout
+    if kept is None:
+        with java:  # closed when done; killed on an error
+            return _meteor_scores(java, refs, hyps, members, progress)
+    try:
+        result = _meteor_scores(java, refs, hyps, members, progress)
+    except BaseException:
+        java.__exit__(*sys.exc_info())  # killed: a process that failed, or was left mid-answer, is not reused
+        raise
+    kept[key] = java
+    return result
 
-        def number(line: str) -> float:
-            try:
-                return float(line.strip())
-            except ValueError:
-                raise EvalEnvironmentError(f"METEOR answered {line[:80]!r} where a score was expected") from None
 
-        stats = []
-        for r, h in zip(refs, hyps):
-            java.send(f"SCORE ||| {_meteor_text(r)} ||| {_meteor_text(h)}")
-            line = java.readline().strip()
-            if not _numbers(line):
-                raise EvalEnvironmentError(f"METEOR answered {line[:80]!r} where statistics were expected")
-            stats.append(line)
+def _meteor_scores(
+    java: JavaSession,
+    refs: Sequence[str],
+    hyps: Sequence[str],
+    members: dict[str, list[int]],
+    progress: bool | None,
+) -> tuple[float, dict[str, float]]:
+    """:func:`_meteor`'s exchange with a running METEOR process."""
 
-        def corpus(ids: Sequence[int]) -> float:
-            java.send("EVAL ||| " + " ||| ".join(stats[i] for i in ids))
-            for _ in ids:
-                number(java.readline())  # segment scores
-            return number(java.readline())
+    def number(line: str) -> float:
+        try:
+            return float(line.strip())
+        except ValueError:
+            raise EvalEnvironmentError(f"METEOR answered {line[:80]!r} where a score was expected") from None
 
-        overall = corpus(range(len(stats)))
-        per_group = {
-            g: corpus(ids) for g, ids in tqdm(members.items(), desc="METEOR per movie", disable=_disable(progress))
-        }
+    stats = []
+    for r, h in zip(refs, hyps):
+        java.send(f"SCORE ||| {_meteor_text(r)} ||| {_meteor_text(h)}")
+        line = java.readline().strip()
+        if not _numbers(line):
+            raise EvalEnvironmentError(f"METEOR answered {line[:80]!r} where statistics were expected")
+        stats.append(line)
+
+    def corpus(ids: Sequence[int]) -> float:
+        java.send("EVAL ||| " + " ||| ".join(stats[i] for i in ids))
+        for _ in ids:
+            number(java.readline())  # segment scores
+        return number(java.readline())
+
+    overall = corpus(range(len(stats)))
+    per_group = {
+        g: corpus(ids) for g, ids in tqdm(members.items(), desc="METEOR per movie", disable=_disable(progress))
+    }
     return overall, per_group
 
 

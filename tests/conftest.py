@@ -16,6 +16,16 @@ import pytest
 import torch
 
 
+def pytest_collection_modifyitems(config, items):
+    """The test files holding slow (multi-process, end-to-end) tests run first, each file's tests in their order.
+
+    The suite runs on 2 pytest-xdist workers, one test file per worker at a time, handed out in collection order: a
+    long file collected last (tests/train/test_resume.py) would leave the other worker idle for minutes at the end.
+    Started early, the many quick files fill the other worker's time instead."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within each group is kept
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op thread: tiny models gain nothing from more, and on a busy 2-core machine OpenMP threads

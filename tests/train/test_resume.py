@@ -240,8 +240,16 @@ def straight(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory) -> Path:
+    """4 of 8 steps at the YAML's settings (lr 0.003, warm-up 4, ZeRO-2), 1 rank; tests copy it, then resume."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    run_cmd(trivial_cmd(out, *STEPS, "--train.stop_after", "4"), cwd=out.parent)
+    return out
+
+
 @pytest.mark.slow
-def test_ranks_change_2_to_1_and_1_to_2_continue_as_the_uninterrupted_run(straight, tmp_path):
+def test_ranks_change_2_to_1_and_1_to_2_continue_as_the_uninterrupted_run(straight, stopped, tmp_path):
     """Two ranks x micro-batch 4 see the samples one rank x micro-batch 8 sees, step for step: a resume across the
     change must reproduce the uninterrupted run (weights, optimizer moments, schedule and data position kept)."""
     two = tmp_path / "two"
@@ -254,9 +262,7 @@ def test_ranks_change_2_to_1_and_1_to_2_continue_as_the_uninterrupted_run(straig
     ) in to_one.stderr
     assert _close(_weights(tmp_path / "2to1"), _weights(straight), atol=1e-6)
 
-    one = tmp_path / "one"
-    run_cmd(trivial_cmd(one, *STEPS, "--train.stop_after", "4"), cwd=tmp_path)
-    to_two = _resume(one, tmp_path / "1to2", "--train.micro_batch_size", "4", ranks=2)
+    to_two = _resume(stopped, tmp_path / "1to2", "--train.micro_batch_size", "4", ranks=2)  # 1 rank, 4 of 8 steps
     assert (
         "resume: topology changed (1 rank, ZeRO-2, fp32 -> 2 ranks, ZeRO-2, fp32): " + UNIVERSAL_LINE in to_two.stderr
     )
@@ -276,9 +282,9 @@ def test_ranks_change_2_to_1_and_1_to_2_continue_as_the_uninterrupted_run(straig
 
 
 @pytest.mark.slow
-def test_zero_stage_changes_load_what_deepspeed_can_and_say_what_restarts(straight, tmp_path):
-    base = {}
-    for stage in (0, 1, 2, 3):
+def test_zero_stage_changes_load_what_deepspeed_can_and_say_what_restarts(straight, stopped, tmp_path):
+    base = {2: stopped}  # the trivial YAML's ZeRO-2
+    for stage in (0, 1, 3):
         base[stage] = tmp_path / f"z{stage}"
         run_cmd(
             trivial_cmd(base[stage], *STEPS, "--train.stop_after", "4", "--deepspeed.zero_stage", str(stage)),
@@ -355,14 +361,6 @@ def test_two_ranks_new_lr_and_max_steps_are_in_force_and_tracked(tmp_path):
     assert params["resume.mode"] == "exact"
     assert params["resume.changed_keys"].startswith("train.max_steps,train.lr,tracking.")  # tracking was off before
     assert (params["topology.zero_stage"], params["topology.precision"], params["world_size"]) == ("2", "fp32", "2")
-
-
-@pytest.fixture(scope="module")
-def stopped(tmp_path_factory) -> Path:
-    """4 of 8 steps at the YAML's settings (lr 0.003, warm-up 4), 1 rank."""
-    out = tmp_path_factory.mktemp("stopped") / "run"
-    run_cmd(trivial_cmd(out, *STEPS, "--train.stop_after", "4"), cwd=out.parent)
-    return out
 
 
 @pytest.mark.slow

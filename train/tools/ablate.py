@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from distinctad.data.provenance import SYNTHETIC_LABEL, dataset_record, synthetic_features
+from distinctad.eval.captions import keep_meteor
 from distinctad.train.tools.compare import (
     DISTINCT_COLUMNS,
     column_label,
@@ -146,29 +147,30 @@ def run_ablation(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, list[dict[str, float]]] = {r: [] for r in rows}
     status = "FAILED"
     try:
-        for seed in seeds:
-            for row in rows:
-                name = f"{args.prefix}{row}-seed{seed}"
-                # the preset comes first: a switch the user overrides explicitly still wins over the row's
-                cfg = load_config(
-                    Stage2Job,
-                    config,
-                    [
-                        "--model.preset",
-                        row,
-                        *overrides,
-                        "--run.name",
-                        name,
-                        "--run.out_dir",
-                        str(out / name),
-                        "--run.seed",
-                        str(seed),
-                    ],
-                )
-                cfg.tracking.parent_run_id = parent.run_id or cfg.tracking.parent_run_id
-                logger.info("=== ablation row %s, seed %d ===", row, seed)
-                summary = get_job("stage2").run(cfg)
-                results[row].append({k: v for k, v in summary.items() if k.startswith("eval/")})
+        with keep_meteor():  # one METEOR process scores every run's evaluation (its JVM takes ~10 s to start)
+            for seed in seeds:
+                for row in rows:
+                    name = f"{args.prefix}{row}-seed{seed}"
+                    # the preset comes first: a switch the user overrides explicitly still wins over the row's
+                    cfg = load_config(
+                        Stage2Job,
+                        config,
+                        [
+                            "--model.preset",
+                            row,
+                            *overrides,
+                            "--run.name",
+                            name,
+                            "--run.out_dir",
+                            str(out / name),
+                            "--run.seed",
+                            str(seed),
+                        ],
+                    )
+                    cfg.tracking.parent_run_id = parent.run_id or cfg.tracking.parent_run_id
+                    logger.info("=== ablation row %s, seed %d ===", row, seed)
+                    summary = get_job("stage2").run(cfg)
+                    results[row].append({k: v for k, v in summary.items() if k.startswith("eval/")})
         switches = {r: PRESETS[r] for r in rows}
         reports = {row: [latest_report(out / f"{args.prefix}{row}-seed{seed}") for seed in seeds] for row in rows}
         backend = next((r["meta"].get("backend") for rs in reports.values() for r in rs if r), base.eval.backend)
