@@ -35,11 +35,48 @@ TINY_CAPTIONER = dict(
 )
 
 
+_PORT_BLOCK = 2000  # ports per pytest-xdist worker (and one block for a run without xdist)
+_next_port: list[int] = []
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (for ``--master_port``, MLflow servers)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1, free now, that nothing else in the test run will be handed (``--master_port``,
+    MLflow servers).
+
+    Not a kernel-chosen ``bind(port 0)`` port: those come from the ephemeral range, which the kernel also hands to
+    every outgoing connection, so with tests running side by side (pytest-xdist) one worker's gloo or HTTP client
+    could take another's port between choosing it and the server binding it (EADDRINUSE). Ports here lie below the
+    ephemeral range, in a block of their own per xdist worker (``PYTEST_XDIST_WORKER``), handed out in turn, and
+    each is checked free before it is given.
+    """
+    lo, _ = _ephemeral_range()
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    slot = int(worker[2:]) + 1 if worker.startswith("gw") and worker[2:].isdigit() else 0
+    start = lo - _PORT_BLOCK * (slot + 1)
+    if start < 10000:  # an unusual ephemeral range: fall back to a kernel-chosen port
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    if not _next_port:
+        _next_port.append(os.getpid() % _PORT_BLOCK)  # successive test processes start at different places
+    for _ in range(_PORT_BLOCK):
+        port = start + _next_port[0] % _PORT_BLOCK
+        _next_port[0] += 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {start}..{start + _PORT_BLOCK - 1}")
 
 
 LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")

@@ -1,20 +1,22 @@
 """``data.jpeg_decode``: the Stage-I job with frames decoded on the rank's device equals the loader-worker path.
 
 On this CPU machine 'device' takes its fallback (torchvision's CPU decoder in the rank's process, with a one-line
-notice) and 'auto' resolves to the workers; the nvJPEG path itself runs in ``benchmarks/gpu_check.sh`` on a GPU.
+notice) and 'auto' resolves to the workers; the nvJPEG path itself runs in ``benchmarks/gpu_check.sh`` on a GPU
+(on one H200 it did, with this job and tests/data/test_jpeg_device.py's CUDA test).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from distinctad.testing import run_cmd
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
 
 
 def _run(tmp: Path, mode: str) -> tuple[list[dict], str]:
@@ -37,19 +39,36 @@ def _run(tmp: Path, mode: str) -> tuple[list[dict], str]:
     return rows, proc.stderr
 
 
-def test_device_decode_trains_and_evaluates_as_the_workers_do(tmp_path):
-    dev, dev_log = _run(tmp_path, "device")
-    auto, auto_log = _run(tmp_path, "auto")
-    assert "data.jpeg_decode=device: no CUDA device; frames are decoded with torchvision's CPU decoder" in dev_log
-    assert "frames decoded on the rank's device (JPEG bytes from the loader)" in dev_log
-    assert "frames decoded in the loader workers (PIL)" in auto_log  # auto on a CPU machine: the workers
-    dev_loss = [r["train/loss"] for r in dev if "train/loss" in r]
-    auto_loss = [r["train/loss"] for r in auto if "train/loss" in r]
-    assert len(dev_loss) == len(auto_loss) == 3
-    # the same clips, the same eval transform; only the resampling differs by a level or so per pixel
-    assert all(abs(a - b) < 2e-3 * abs(b) for a, b in zip(dev_loss, auto_loss)), (dev_loss, auto_loss)
-    val_dev = {k: v for r in dev for k, v in r.items() if k.startswith("val/")}
-    val_auto = {k: v for r in auto for k, v in r.items() if k.startswith("val/")}
-    assert val_dev.keys() == val_auto.keys() and val_dev["val/clips"] == val_auto["val/clips"] == 12
-    for k in ("val/v2t_R@10", "val/t2v_R@10", "val/vanilla_v2t_R@10"):  # at most one clip of 12 ranks differently
-        assert abs(val_dev[k] - val_auto[k]) <= 100 / 12 + 1e-6, (k, val_dev[k], val_auto[k])
+@pytest.mark.slow
+def test_device_decode_trains_and_evaluates_on_the_cpu_fallback(tmp_path):
+    rows, log = _run(tmp_path, "device")
+    assert "data.jpeg_decode=device: no CUDA device; frames are decoded with torchvision's CPU decoder" in log
+    assert "frames decoded on the rank's device (JPEG bytes from the loader)" in log
+    losses = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    # the same command with data.jpeg_decode=workers (PIL) logged 3.2700, 3.2140, 3.1515 (torch 2.14, 2026-11-30); the
+    # frames decoded here differ from PIL's by about a level per pixel (tests/data/test_jpeg_device.py), and the
+    # losses by ~1e-4
+    assert losses == pytest.approx([3.2700, 3.2140, 3.1515], rel=2e-3), losses
+    val = {k: v for r in rows for k, v in r.items() if k.startswith("val/")}
+    assert val["val/clips"] == 12 and 0 <= val["val/v2t_R@10"] <= 100 and "val/vanilla_v2t_R@10" in val
+
+
+@pytest.mark.parametrize(
+    ("mode", "why_not", "on_device"),
+    [("auto", "no CUDA device", False), ("auto", None, True), ("workers", None, False), ("device", "no CUDA", True)],
+)
+def test_jpeg_decode_resolves_auto_to_the_device_only_where_nvjpeg_works(monkeypatch, mode, why_not, on_device):
+    import distinctad.train.stage1.task as task_mod
+    from distinctad.train.models.clip_ad import TINY_MODEL, build_clip_ad, clip_transforms
+
+    train_tf, eval_tf = clip_transforms(build_clip_ad(TINY_MODEL), {"scale": (0.9, 1.0)})
+    monkeypatch.setattr(task_mod, "nvjpeg_works", lambda device: why_not)
+    monkeypatch.setattr(task_mod.torch.cuda, "is_available", lambda: why_not is None)
+    monkeypatch.setattr(task_mod.torch.cuda, "current_device", lambda: 0)
+    fake = SimpleNamespace(
+        cfg=SimpleNamespace(data=SimpleNamespace(jpeg_decode=mode, augment=True)), train_tf=train_tf, eval_tf=eval_tf
+    )
+    task_mod.Stage1Task._setup_jpeg_decode(fake)
+    assert fake.jpeg_on_device is on_device
+    assert sorted(fake.device_tf) == (["eval", "train"] if on_device else [])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import socket
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from distinctad.testing import free_port
 from distinctad.train.stage1.config import Stage1LossConfig
 from distinctad.train.stage1.losses import Stage1Loss, mil_nce, word_scores
 
@@ -106,12 +106,6 @@ def test_config_validation():
 # 2 gloo ranks with half the batch each == 1 process with the full batch
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 CONFIGS = [dict(local_loss=True, mil_mode="max"), dict(local_loss=False, mil_mode="logsumexp", lambda_mil=0.3)]
 
 
@@ -147,7 +141,7 @@ def test_gathered_negatives_match_full_batch(tmp_path):
     world = 2
     frames, text, words, mask = _random_batch(B=4, W=5)  # rank 0's ADs have <= 3 words, rank 1's <= 5
     data = dict(frames=frames, text=text, words=words, mask=mask, scale=torch.tensor(5.0), widths=[3, 5])
-    mp.spawn(_dist_worker, args=(world, _free_port(), data, str(tmp_path)), nprocs=world, join=True)
+    mp.spawn(_dist_worker, args=(world, free_port(), data, str(tmp_path)), nprocs=world, join=True)
 
     for i, cfg_kwargs in enumerate(CONFIGS):
         ranks = [torch.load(tmp_path / f"cfg{i}_rank{r}.pt") for r in range(world)]

@@ -31,10 +31,11 @@ def init_distributed() -> tuple[int, int, int]:
     A plain single process gets the variables a launcher would set, so DeepSpeed does not go looking for MPI.
     Torch's threads are set to this rank's share of the machine's cores (:func:`distinctad.common.set_threads`).
     """
+    own_port = False  # a plain single process: this function picks the rendezvous port
     if "RANK" not in os.environ and "WORLD_SIZE" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_SIZE="1")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
+        own_port = "MASTER_PORT" not in os.environ
     if not dist.is_initialized():
         import deepspeed
         import deepspeed.ops
@@ -43,7 +44,19 @@ def init_distributed() -> tuple[int, int, int]:
             # DeepSpeed's CPU shared-memory all-reduce leaves a ~70 MB /dev/shm buffer per rank behind after every
             # launch (never unlinked) until the machine runs out of memory; gloo does the collectives instead.
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        for attempt in range(3):
+            # The port is picked just before the store binds it (not before the seconds of importing DeepSpeed):
+            # a free port from the kernel can still be handed to another process's outgoing connection meanwhile,
+            # so a port of our own that turned out taken is replaced (processes started side by side, e.g. tests).
+            if own_port:
+                os.environ["MASTER_PORT"] = str(free_port())
+            try:
+                deepspeed.init_distributed(dist_backend=backend)
+                break
+            except dist.DistNetworkError as e:
+                if not own_port or "EADDRINUSE" not in str(e) or attempt == 2:
+                    raise
     set_threads()
     local_rank, rank, world = world_info_from_env()
     if torch.cuda.is_available():
