@@ -83,7 +83,10 @@ LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "LOCAL_WORLD_
 """What a launcher sets per process; a child started by a test must not inherit them from the test process."""
 
 
-def _env(env: dict[str, str] | None) -> dict[str, str]:
+def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a process a test starts: this one's without launcher variables (a rank or a port left by
+    a job run in this process must not reach the child) or ``MLFLOW_TRACKING_URI`` (unless ``env`` sets it), plus
+    ``PYTHONUNBUFFERED=1`` and ``env``."""
     base = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
     full = {**base, "PYTHONUNBUFFERED": "1", **(env or {})}
     if env is None or "MLFLOW_TRACKING_URI" not in env:
@@ -93,7 +96,7 @@ def _env(env: dict[str, str] | None) -> dict[str, str]:
 
 def run_cmd(cmd: list[str], cwd: Path, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a command; raise ``AssertionError`` with its output tail if it exits non-zero (a hang hits ``timeout``)."""
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(env), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd, env=child_env(env), capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(
             f"{' '.join(map(str, cmd))} exited {proc.returncode}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"

@@ -5,6 +5,7 @@ Helpers that run jobs as a user would live in :mod:`distinctad.testing`; tests i
 
 from __future__ import annotations
 
+import os
 import random
 
 # isort: off
@@ -41,6 +42,23 @@ def _seed():
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_launcher_variables():
+    """A job run in this process fills in RANK, MASTER_PORT... (``init_distributed``); a test that does so must take
+    the ``launcher_env`` fixture, or a later test's child process could inherit a stale rank or a taken port."""
+    from distinctad.testing import LAUNCHER_VARS
+
+    before = {k: os.environ.get(k) for k in LAUNCHER_VARS}
+    yield
+    after = {k: os.environ.get(k) for k in LAUNCHER_VARS}
+    for k, v in before.items():  # put them back first, so one leak fails one test, not every later one
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    assert after == before, f"the test left launcher variables behind: { {k: v for k, v in after.items() if v} }"
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from distinctad.testing import free_port, metrics_rows, trivial_cmd
+from distinctad.testing import child_env, free_port, metrics_rows, trivial_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -67,8 +67,7 @@ def test_training_survives_the_mlflow_server_dying_mid_run(tmp_path):
         _wait_for(lambda: _healthy(url) or server.poll() is not None, 90, "the MLflow server")
         assert server.poll() is None, "mlflow server exited at start"
         run = tmp_path / "run"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "DISTINCTAD_FAULT_PAUSE_AT_STEP": "5"}
-        env.pop("MLFLOW_TRACKING_URI", None)
+        env = child_env({"DISTINCTAD_FAULT_PAUSE_AT_STEP": "5"})
         job = subprocess.Popen(
             trivial_cmd(
                 run,

@@ -9,7 +9,6 @@ mechanics and outputs, not reconstruction quality (test_recon_quality.py checks 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 import torch
 
 from distinctad.data import ASSETS
+from distinctad.testing import child_env
 from distinctad.train.core.checkpoint import FROZEN
 from distinctad.train.recon.table import main as table_main
 
@@ -74,7 +74,7 @@ def _job(out: Path, mode: str, *extra: str) -> list[str]:
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    env = child_env({"PYTHON": sys.executable, "OMP_NUM_THREADS": "1"})
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.run(
         cmd, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600

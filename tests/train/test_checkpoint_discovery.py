@@ -47,7 +47,7 @@ def test_find_resume_uses_find_checkpoint(tmp_path):
         find_resume(str(tmp_path / "nowhere"), ckpts)
 
 
-def test_generate_cli_reports_a_missing_checkpoint_in_one_line(tmp_path):
+def test_generate_cli_reports_a_missing_checkpoint_in_one_line(tmp_path, launcher_env):
     from distinctad.train.tools.generate import main as generate
 
     shard = tmp_path / "shards" / "eval-000000.tar"  # the shards are checked first: give it one that exists

@@ -6,13 +6,12 @@ suite once failed on exactly that (EADDRINUSE in a single-rank launch while the 
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
 import textwrap
 
-from distinctad.testing import _ephemeral_range, free_port, run_cmd
+from distinctad.testing import _ephemeral_range, child_env, free_port, run_cmd
 
 
 def test_test_ports_lie_outside_the_ephemeral_range_in_a_block_per_worker(monkeypatch):
@@ -73,6 +72,6 @@ def test_a_launcher_given_port_that_is_taken_still_fails_plainly(tmp_path):
         blocker.listen()
         port = blocker.getsockname()[1]
         script = "import distinctad.train.core.distributed as D; D.init_distributed()"
-        env = {**os.environ, "MASTER_PORT": str(port), "MASTER_ADDR": "127.0.0.1"}
+        env = child_env({"MASTER_PORT": str(port), "MASTER_ADDR": "127.0.0.1"})
         proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert proc.returncode != 0 and "EADDRINUSE" in proc.stderr

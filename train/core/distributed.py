@@ -36,6 +36,7 @@ def init_distributed() -> tuple[int, int, int]:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_SIZE="1")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         own_port = "MASTER_PORT" not in os.environ
+        os.environ.setdefault("MASTER_PORT", str(free_port()))  # a later call in this process reuses the variables
     if not dist.is_initialized():
         import deepspeed
         import deepspeed.ops
