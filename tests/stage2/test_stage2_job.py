@@ -129,7 +129,7 @@ def test_two_ranks_zero3_lora_tiny_llama(synth, tmp_path):
     _check_predictions(out, 16, synth)
 
 
-def test_generate_cli_matches_in_training_eval(synth, tmp_path):
+def test_generate_cli_matches_in_training_eval(synth, tmp_path, launcher_env):
     from distinctad.train.tools.generate import main as generate
 
     out = tmp_path / "one"
