@@ -205,8 +205,10 @@ class Stage1Task(Task):
     def _setup_jpeg_decode(self) -> None:
         """Resolve ``data.jpeg_decode``; with 'device', the tensor versions of the transforms (:mod:`data.jpeg`)."""
         mode = self.cfg.data.jpeg_decode
-        cuda = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
-        why_not = nvjpeg_works(cuda) if cuda is not None else "no CUDA device"
+        why_not = None
+        if mode != "workers":  # the nvJPEG probe (a CUDA decode at start-up) only where its answer matters
+            cuda = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+            why_not = nvjpeg_works(cuda) if cuda is not None else "no CUDA device"
         if mode == "auto":
             mode = "workers" if why_not else "device"
         elif mode == "device" and why_not:
